@@ -1,0 +1,64 @@
+"""Command-line entry point: ``python -m mai_core <command> ...``.
+
+Each command lives in ``mai_core/commands/<name>.py`` and defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules keep their top-level
+imports light so that ``--help`` is instant; heavy imports happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from mai_core import __version__
+from mai_core.errors import MaiError
+
+import mai_core.commands as _commands_pkg
+
+# Order in which commands are listed by --help (others follow alphabetically).
+_ORDER = [
+    "demo", "import_slide", "validate", "genes", "augment_score", "train", "predict",
+    "evaluate", "ensemble", "gradcam", "jobs",
+]
+
+
+def _command_modules():
+    names = [m.name for m in pkgutil.iter_modules(_commands_pkg.__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    return [importlib.import_module(f"mai_core.commands.{n}") for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mai_core",
+        description="Predict spatial gene expression from H&E patches; explore genes, "
+        "augmentations, training runs and per-gene Grad-CAM.",
+    )
+    parser.add_argument("--version", action="version", version=f"mai_core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except MaiError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
