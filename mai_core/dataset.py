@@ -261,7 +261,7 @@ class MAIDataset:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
 def load_images(paths, progress: bool = False) -> np.ndarray:

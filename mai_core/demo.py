@@ -1,0 +1,578 @@
+"""A synthetic, fully offline demo dataset in the MAI format, with known ground truth.
+
+Every tile is a 224x224 H&E-like patch rendered from latent tissue regions (tumour, immune
+infiltrate, stroma, lumen/white space) and nuclei drawn inside them. Gene expression is planted on
+top of those regions: five correlated gene modules whose activity is the fraction of the tile covered
+by the region that drives them (the "housekeeping" module follows total nuclear coverage), plus
+sample-level noise factors that no image can explain and pure-noise genes.
+
+Output folder (written atomically)::
+
+    train.csv          ID, path, one float column per gene (log1p of size-normalised counts)
+    test.csv           ID, path (no expression, like the contest)
+    test_truth.csv     ID + the test tiles' expression, for evaluation
+    images/<ID>.png    224x224 RGB tiles
+    masks/<ID>.npz     one boolean 224x224 array per module: the region driving it in that tile
+    modules.gmt        the true modules (name, description, genes)
+    activities.csv     ID, split, one column per module (its driving-region fraction)
+    truth.json         modules, gene -> module (or null), gene families, seed, generator version
+
+The same seed always gives byte-identical CSVs and identical images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mai_core.errors import MaiError, Problem
+
+GENERATOR_VERSION = "1.0"
+TILE = 224
+MIN_GENES = 20
+
+MODULES = ("tumour_proliferation", "immune", "stroma_ecm", "lumen_secretory", "housekeeping")
+MODULE_DESCRIPTIONS = {
+    "tumour_proliferation": "tumour epithelium and proliferation; driven by the fraction of the tile that is tumour",
+    "immune": "lymphoid/myeloid infiltrate; driven by the fraction covered by dense small-nucleus clusters",
+    "stroma_ecm": "fibroblasts and extracellular matrix; driven by the fraction that is collagenous stroma",
+    "lumen_secretory": "secretory/luminal genes; driven by the fraction that is lumen or white space",
+    "housekeeping": "mitochondrial, ribosomal and other abundant transcripts; driven by total nuclear coverage",
+}
+# The region each module reads its activity from; "nuclei" is the union of all nuclei.
+MODULE_REGION = {
+    "tumour_proliferation": "tumour", "immune": "immune", "stroma_ecm": "stroma",
+    "lumen_secretory": "lumen", "housekeeping": "nuclei",
+}
+# Approximate mean and standard deviation of each module's activity under the tile prior below;
+# fixed (not estimated from the generated data) so a tile's expression depends only on the tile.
+_ACT_MEAN = np.array([0.25, 0.10, 0.56, 0.06, 0.20])
+_ACT_STD = np.array([0.30, 0.16, 0.30, 0.10, 0.11])
+
+# ----------------------------------------------------------------------------------------------
+# Gene names
+# ----------------------------------------------------------------------------------------------
+
+_MARKERS = {
+    "tumour_proliferation": [
+        "KRT19", "KRT8", "KRT18", "EPCAM", "ERBB2", "GRB7", "MKI67", "TOP2A", "CCNB1", "CDK1",
+        "BIRC5", "PCNA", "KRT7", "MCM2", "TYMS", "AURKA", "CENPF", "UBE2C", "CDH1", "CLDN4",
+        "STARD3", "PGAP3", "CLDN3", "ESR1", "GATA3", "FOXA1", "XBP1", "TPD52", "SPDEF", "CCND1",
+        "MYC", "KRT23", "S100A14", "ELF3", "CD24", "SLC39A6", "MUCL1", "CENPA", "RRM2", "TK1",
+    ],
+    "immune": [
+        "PTPRC", "CD3E", "CD74", "IGKC", "CD3D", "CD2", "HLA-DRA", "CD8A", "MS4A1", "CD79A",
+        "IGHG1", "CD4", "CD19", "CD79B", "IGHG3", "IGHM", "IGLC2", "JCHAIN", "MZB1", "CCL19",
+        "CCL21", "CXCL13", "CCR7", "LYZ", "HLA-DRB1", "HLA-DPA1", "HLA-DPB1", "CD68", "CD163",
+        "GZMB", "GZMA", "NKG7", "IL7R", "TRBC2", "LTB", "CORO1A", "SELL", "CXCR4", "CD52", "CD37",
+    ],
+    "stroma_ecm": [
+        "COL1A1", "COL1A2", "COL3A1", "SPARC", "DCN", "FN1", "LUM", "POSTN", "ACTA2", "VIM",
+        "COL5A1", "COL5A2", "COL6A1", "COL6A2", "COL6A3", "COL12A1", "MYL9", "TAGLN", "FAP",
+        "PDGFRB", "PDGFRA", "MMP2", "MMP11", "THBS2", "BGN", "FBLN1", "FBLN2", "AEBP1", "CTHRC1",
+        "SFRP2", "SFRP4", "COL11A1", "ELN", "MFAP4", "IGFBP7", "CALD1", "TIMP3", "CCDC80", "SULF1",
+        "INHBA",
+    ],
+    "lumen_secretory": [
+        "SCGB2A2", "PIP", "MUC1", "AZGP1", "TFF1", "TFF3", "AGR2", "MGP", "LTF", "SLPI",
+        "SCGB1D2", "CLU", "AGR3", "KRT15", "KRT5", "KRT14", "ANKRD30A", "STC2", "CPB1", "APOD",
+        "LALBA", "CSN2", "PIGR", "WFDC2", "LCN2", "S100P", "DEFB1", "SCGB3A1", "OLFM4", "MUC5B",
+    ],
+    "housekeeping": [
+        "ACTB", "GAPDH", "B2M", "EEF1A1", "TPT1", "FTL", "FTH1", "TMSB4X", "TMSB10", "MALAT1",
+        "NEAT1", "UBC", "HSPA8", "PPIA", "EEF2", "TPI1", "PKM", "LDHA", "ENO1", "UBB",
+    ],
+}
+_MT_GENES = ["MT-CO1", "MT-ND1", "MT-CO2", "MT-ATP6", "MT-CO3", "MT-CYB", "MT-ND4", "MT-ND2",
+             "MT-ND5", "MT-ND3", "MT-ND4L", "MT-ND6", "MT-ATP8"]
+_RP_GENES = (
+    [f"RPL{i}" for i in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 19, 21, 22, 23, 24, 26,
+                         27, 28, 29, 30, 31, 32, 34, 35, 36, 37, 38, 39, 41)]
+    + ["RPL7A", "RPL10A", "RPL13A", "RPL18A", "RPL23A", "RPL27A", "RPL35A", "RPL36A", "RPL37A",
+       "RPLP0", "RPLP1", "RPLP2"]
+    + [f"RPS{i}" for i in (2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23,
+                           24, 25, 26, 27, 28, 29)]
+    + ["RPS3A", "RPS4X", "RPS15A", "RPS27A", "RPSA"]
+)
+
+# Which modules a gene family tends to join: probabilities over MODULES + (None,).
+_FAMILY_MODULES = {
+    "MT": (0, 0, 0, 0, 1.0, 0),
+    "RP": (0.15, 0, 0, 0, 0.85, 0),
+    "LINC": (0.10, 0.50, 0.0, 0.0, 0.0, 0.40),
+    "AC": (0.12, 0.0, 0.33, 0.0, 0.0, 0.55),
+    "AL": (0.08, 0.10, 0.0, 0.22, 0.0, 0.60),
+    "symbol": (0.06, 0.06, 0.06, 0.04, 0.03, 0.75),
+}
+# Typical expression level (rate at average activity, counts) per family: log-uniform range.
+_FAMILY_BASE = {
+    "marker": (0.3, 40.0), "hk_marker": (5.0, 120.0), "MT": (20.0, 300.0), "RP": (8.0, 90.0),
+    "LINC": (0.02, 2.0), "AC": (0.01, 3.0), "AL": (0.01, 3.0), "symbol": (0.01, 15.0),
+}
+
+
+def _symbol_like(rng: np.random.Generator) -> str:
+    kind = int(rng.integers(10))
+    if kind == 0:
+        return f"ZNF{rng.integers(100, 860)}"
+    if kind == 1:
+        return f"TMEM{rng.integers(8, 270)}" + ("", "A", "B")[int(rng.integers(3))]
+    if kind == 2:
+        return f"FAM{rng.integers(20, 240)}" + "ABC"[int(rng.integers(3))]
+    if kind == 3:
+        return f"CCDC{rng.integers(6, 190)}"
+    if kind == 4:
+        return f"SLC{rng.integers(1, 50)}A{rng.integers(1, 13)}"
+    if kind == 5:
+        return f"KIAA{rng.integers(100, 2030):04d}"
+    if kind == 6:
+        return f"C{rng.integers(1, 23)}orf{rng.integers(10, 190)}"
+    if kind == 7:
+        return f"LRRC{rng.integers(1, 75)}"
+    if kind == 8:
+        return f"ANKRD{rng.integers(1, 66)}"
+    return f"PRR{rng.integers(3, 37)}"
+
+
+@dataclass
+class GeneSpec:
+    names: list[str]
+    family: list[str]
+    module: np.ndarray  # int index into MODULES, -1 for no module
+    base: np.ndarray  # typical count rate
+    gain: np.ndarray  # log-fold change per standard deviation of module activity
+    nuisance: np.ndarray  # index of a hidden non-image factor, -1 for none
+
+
+def _gene_catalogue(n_genes: int, rng: np.random.Generator) -> GeneSpec:
+    """Choose gene names, families and module memberships for ``n_genes`` genes."""
+    n_mt = min(len(_MT_GENES), max(2, round(0.01 * n_genes)))
+    n_rp = min(len(_RP_GENES), max(2, round(0.04 * n_genes)))
+    n_markers_total = sum(len(v) for v in _MARKERS.values())
+    n_mark = min(n_markers_total, max(2 * len(MODULES), round(0.22 * n_genes)))
+    n_linc = max(1, round(0.08 * n_genes))
+    n_al = max(1, round(0.12 * n_genes))
+    n_ac = max(1, round(0.12 * n_genes))
+    n_sym = n_genes - (n_mt + n_rp + n_mark + n_linc + n_al + n_ac)
+    while n_sym < 0:  # small gene counts: trim the generated families first
+        if n_al >= n_ac and n_al > 1:
+            n_al -= 1
+        elif n_ac > 1:
+            n_ac -= 1
+        elif n_linc > 1:
+            n_linc -= 1
+        else:
+            n_mark -= 1
+        n_sym = n_genes - (n_mt + n_rp + n_mark + n_linc + n_al + n_ac)
+
+    names: list[str] = []
+    family: list[str] = []
+    module: list[int] = []
+    taken: set[str] = set()
+
+    def add(name: str, fam: str, mod: int) -> None:
+        names.append(name)
+        family.append(fam)
+        module.append(mod)
+        taken.add(name)
+
+    # Markers: round-robin over modules so every module gets some even for tiny gene counts.
+    queues = {m: list(v) for m, v in _MARKERS.items()}
+    k = 0
+    while k < n_mark:
+        for mi, m in enumerate(MODULES):
+            if k < n_mark and queues[m]:
+                add(queues[m].pop(0), "hk_marker" if m == "housekeeping" else "marker", mi)
+                k += 1
+    probs = {f: np.asarray(p) / sum(p) for f, p in _FAMILY_MODULES.items()}
+
+    def draw_module(fam: str) -> int:
+        j = int(rng.choice(len(MODULES) + 1, p=probs[fam]))
+        return -1 if j == len(MODULES) else j
+
+    for name in _MT_GENES[:n_mt]:
+        add(name, "MT", draw_module("MT"))
+    rp = list(rng.permutation(_RP_GENES))[:n_rp]
+    for name in rp:
+        add(str(name), "RP", draw_module("RP"))
+    makers = {
+        "LINC": (n_linc, lambda: f"LINC{rng.integers(1, 2900):05d}"),
+        "AL": (n_al, lambda: f"AL{rng.integers(20000, 999999):06d}.{rng.integers(1, 8)}"),
+        "AC": (n_ac, lambda: f"AC{rng.integers(2000, 999999):06d}.{rng.integers(1, 8)}"),
+        "symbol": (n_sym, lambda: _symbol_like(rng)),
+    }
+    for fam, (count, make) in makers.items():
+        made = 0
+        while made < count:
+            name = make()
+            if name in taken:
+                continue
+            add(name, fam, draw_module(fam))
+            made += 1
+
+    n = len(names)
+    module_arr = np.asarray(module, dtype=np.int64)
+    # Make sure every module has at least two genes (matters only for tiny gene counts).
+    for mi in range(len(MODULES)):
+        while (module_arr == mi).sum() < 2:
+            free = np.flatnonzero(module_arr == -1)
+            if len(free) == 0:
+                break
+            module_arr[free[0]] = mi
+    base = np.empty(n)
+    for i, fam in enumerate(family):
+        lo, hi = _FAMILY_BASE[fam]
+        base[i] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    gain = np.where(module_arr >= 0, rng.uniform(0.45, 1.0, n), 0.0)
+    gain[module_arr == MODULES.index("housekeeping")] *= 0.6
+    nuisance = np.where((module_arr < 0) & (rng.random(n) < 0.5), rng.integers(0, 3, n), -1)
+    order = rng.permutation(n)  # columns in no particular order, like a real gene table
+    return GeneSpec(
+        names=[names[i] for i in order], family=[family[i] for i in order], module=module_arr[order],
+        base=base[order], gain=gain[order], nuisance=nuisance[order],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiles
+# ----------------------------------------------------------------------------------------------
+
+_YY, _XX = np.mgrid[0:TILE, 0:TILE].astype(np.float32)
+_PAD = 16
+_CANVAS = TILE + 2 * _PAD
+# Stain optical-density directions (R, G, B), roughly as measured on H&E slides.
+_H_VEC = np.array([0.62, 0.72, 0.30])
+_E_VEC = np.array([0.12, 0.86, 0.36])
+
+
+def _smooth_field(rng: np.random.Generator, grid: int, size: int = TILE) -> np.ndarray:
+    """Smooth random field in [0, 1]: low-resolution noise upsampled bicubically."""
+    from PIL import Image
+
+    low = rng.random((grid, grid), dtype=np.float32)
+    return np.asarray(Image.fromarray(low, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _box_blur(a: np.ndarray, r: int) -> np.ndarray:
+    """Separable box blur of radius ``r`` with edge padding (used twice for a soft Gaussian-like blur)."""
+    k = 2 * r + 1
+    p = np.pad(a, r, mode="edge")
+    c = np.cumsum(p, axis=0, dtype=np.float32)
+    c = np.vstack([np.zeros((1, c.shape[1]), np.float32), c])
+    v = (c[k:] - c[:-k]) / k
+    c = np.cumsum(v, axis=1, dtype=np.float32)
+    c = np.hstack([np.zeros((c.shape[0], 1), np.float32), c])
+    return (c[:, k:] - c[:, :-k]) / k
+
+
+def _take_quantile(field: np.ndarray, available: np.ndarray, fraction: float) -> np.ndarray:
+    """The ``fraction`` of the tile (among available pixels) where ``field`` is highest."""
+    k = int(round(fraction * TILE * TILE))
+    if k <= 0:
+        return np.zeros_like(available)
+    vals = field[available]
+    if k >= vals.size:
+        return available.copy()
+    thr = np.partition(vals, vals.size - k)[vals.size - k]
+    return available & (field >= thr)
+
+
+def _sample_points(rng: np.random.Generator, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.flatnonzero(mask.ravel())
+    if n <= 0 or idx.size == 0:
+        return np.empty(0, np.float32), np.empty(0, np.float32)
+    pick = idx[rng.integers(0, idx.size, n)]
+    ys = (pick // TILE).astype(np.float32) + rng.random(n, dtype=np.float32)
+    xs = (pick % TILE).astype(np.float32) + rng.random(n, dtype=np.float32)
+    return xs, ys
+
+
+def _stamp_nuclei(canvas: np.ndarray, rng: np.random.Generator, xs, ys, a, b, theta, dark,
+                  irregular: float = 0.0, rim: float = 0.0) -> None:
+    """Draw filled soft ellipses (nuclei) into ``canvas`` (padded, flattened max-composite)."""
+    n = len(xs)
+    if n == 0:
+        return
+    reach = int(math.ceil(float(np.max(a)) * (1 + irregular) + 2))
+    off = np.arange(-reach, reach + 1, dtype=np.float32)
+    ix = np.floor(xs).astype(np.int64)
+    iy = np.floor(ys).astype(np.int64)
+    dx = (ix[:, None] + off[None, :] + 0.5 - xs[:, None])[:, None, :]  # (n, 1, B)
+    dy = (iy[:, None] + off[None, :] + 0.5 - ys[:, None])[:, :, None]  # (n, B, 1)
+    c = np.cos(theta).astype(np.float32)[:, None, None]
+    s = np.sin(theta).astype(np.float32)[:, None, None]
+    u = (dx * c + dy * s) / a[:, None, None]
+    v = (dy * c - dx * s) / b[:, None, None]
+    r = np.sqrt(u * u + v * v)
+    if irregular > 0:
+        phi = np.arctan2(v, u)
+        p = rng.uniform(0, 2 * np.pi, (2, n)).astype(np.float32)
+        e = (irregular * rng.random((2, n), dtype=np.float32))
+        r = r / (1 + e[0][:, None, None] * np.cos(2 * phi + p[0][:, None, None])
+                 + e[1][:, None, None] * np.cos(3 * phi + p[1][:, None, None]))
+    # Soft edge about one pixel wide, measured along the minor axis.
+    alpha = np.clip((1 - r) * b[:, None, None] + 0.5, 0, 1)
+    val = alpha * dark[:, None, None]
+    if rim > 0:  # vesicular chromatin: pale centre, dark membrane
+        val *= (1 - rim) + rim * np.minimum(r, 1) ** 2
+    rows = (iy[:, None] + off[None, :].astype(np.int64) + _PAD)[:, :, None]
+    cols = (ix[:, None] + off[None, :].astype(np.int64) + _PAD)[:, None, :]
+    rows = np.clip(rows, 0, _CANVAS - 1)
+    cols = np.clip(cols, 0, _CANVAS - 1)
+    flat = (rows * _CANVAS + cols).ravel()
+    np.maximum.at(canvas, flat, val.ravel())
+
+
+def _fibres(rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Wavy collagen-fibre texture in [0, 1] and its main orientation."""
+    theta = float(rng.uniform(0, np.pi))
+    wave_len = float(rng.uniform(35, 90))
+    amp = float(rng.uniform(2, 9))
+    c, s = math.cos(theta), math.sin(theta)
+    along = _XX * c + _YY * s
+    across = -_XX * s + _YY * c + amp * np.sin(2 * np.pi * along / wave_len + rng.uniform(0, 2 * np.pi))
+    spacing = float(rng.uniform(2.0, 3.5))
+    knots = np.arange(-340, 340 + spacing, spacing, dtype=np.float32)
+    prof = rng.random(knots.size, dtype=np.float32)
+    f = np.interp(across.ravel(), knots, prof).reshape(TILE, TILE).astype(np.float32)
+    breaks = _smooth_field(rng, int(rng.integers(5, 9)))
+    f = np.clip((f - 0.3) * 2.0, 0, 1) * np.clip(0.4 + breaks, 0, 1.2)
+    return f, theta
+
+
+def render_tile(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Render one H&E-like tile.
+
+    Returns ``(image uint8 224x224x3, masks {module: bool 224x224}, activities float[len(MODULES)])``.
+    """
+    from PIL import Image, ImageFilter
+
+    # 1. Latent regions: how much of the tile each tissue type covers, then where.
+    lumen_f = rng.beta(1.3, 5.0) * 0.6 if rng.random() < 0.4 else 0.0
+    tumour_f = rng.beta(1.5, 1.5) * 0.95 if rng.random() < 0.55 else 0.0
+    immune_f = rng.beta(1.3, 3.5) * 0.85 if rng.random() < 0.45 else 0.0
+    total = lumen_f + tumour_f + immune_f
+    if total > 0.95:
+        lumen_f, tumour_f, immune_f = (x * 0.95 / total for x in (lumen_f, tumour_f, immune_f))
+    available = np.ones((TILE, TILE), dtype=bool)
+    regions = {}
+    for name, frac, grid in (("lumen", lumen_f, int(rng.integers(4, 8))),
+                             ("tumour", tumour_f, int(rng.integers(3, 6))),
+                             ("immune", immune_f, int(rng.integers(4, 7)))):
+        regions[name] = _take_quantile(_smooth_field(rng, grid), available, frac)
+        available &= ~regions[name]
+    regions["stroma"] = available
+
+    # 2. Nuclei per region (hematoxylin concentration on a padded canvas).
+    canvas = np.zeros(_CANVAS * _CANVAS, dtype=np.float32)
+    fib, fib_theta = _fibres(rng)
+    area = {k: float(m.sum()) for k, m in regions.items()}
+    # Tumour: large, crowded, pleomorphic, vesicular nuclei.
+    n = int(rng.poisson(area["tumour"] * rng.uniform(0.4, 0.6) / (np.pi * 9.0 * 6.5)))
+    xs, ys = _sample_points(rng, regions["tumour"], n)
+    a = rng.uniform(6.0, 12.5, n).astype(np.float32)
+    _stamp_nuclei(canvas, rng, xs, ys, a, a * rng.uniform(0.55, 0.95, n).astype(np.float32),
+                  rng.uniform(0, np.pi, n), rng.uniform(0.6, 1.05, n).astype(np.float32),
+                  irregular=0.22, rim=0.35)
+    # Immune: small, round, very dark, densely packed.
+    n = int(rng.poisson(area["immune"] * rng.uniform(0.45, 0.65) / (np.pi * 4.2 ** 2)))
+    xs, ys = _sample_points(rng, regions["immune"], n)
+    a = rng.uniform(3.2, 5.0, n).astype(np.float32)
+    _stamp_nuclei(canvas, rng, xs, ys, a, a * rng.uniform(0.8, 1.0, n).astype(np.float32),
+                  rng.uniform(0, np.pi, n), rng.uniform(0.95, 1.3, n).astype(np.float32), irregular=0.05)
+    # Stroma: sparse spindle-shaped fibroblast nuclei along the fibres.
+    n = int(rng.poisson(area["stroma"] * rng.uniform(0.04, 0.09) / (np.pi * 8.0 * 2.4)))
+    xs, ys = _sample_points(rng, regions["stroma"], n)
+    _stamp_nuclei(canvas, rng, xs, ys, rng.uniform(5.5, 11.0, n).astype(np.float32),
+                  rng.uniform(1.7, 3.0, n).astype(np.float32),
+                  fib_theta + rng.normal(0, 0.25, n), rng.uniform(0.7, 1.0, n).astype(np.float32),
+                  irregular=0.05)
+    # Epithelial lining around lumens (cells outside the lumen, touching it).
+    if area["lumen"] > 0:
+        lum_img = Image.fromarray(regions["lumen"].astype(np.uint8) * 255)
+        ring = np.asarray(lum_img.filter(ImageFilter.MaxFilter(9))) > 0
+        ring &= ~regions["lumen"]
+        n = int(rng.poisson(ring.sum() / 28.0))
+        xs, ys = _sample_points(rng, ring, n)
+        a = rng.uniform(4.0, 6.5, n).astype(np.float32)
+        _stamp_nuclei(canvas, rng, xs, ys, a, a * rng.uniform(0.6, 0.85, n).astype(np.float32),
+                      rng.uniform(0, np.pi, n), rng.uniform(0.7, 1.0, n).astype(np.float32), irregular=0.08)
+    nuc = canvas.reshape(_CANVAS, _CANVAS)[_PAD:-_PAD, _PAD:-_PAD]
+    nuclei = nuc > 0.25
+    chromatin = 0.8 + 0.4 * _smooth_field(rng, 90)
+    hema = nuc * chromatin
+
+    # 3. Eosin (cytoplasm, collagen) and faint background hematoxylin per region.
+    stroma_level = rng.uniform(0.28, 0.45)
+    eosin = regions["stroma"] * (stroma_level * (0.3 + 0.95 * fib))
+    eosin += regions["tumour"] * (rng.uniform(0.16, 0.26) * (0.75 + 0.5 * _smooth_field(rng, 20)))
+    eosin += regions["immune"] * rng.uniform(0.12, 0.2)
+    if rng.random() < 0.35:  # pale eosinophilic secretion in some lumens
+        eosin += regions["lumen"] * (0.12 * _smooth_field(rng, 8))
+    else:
+        eosin += regions["lumen"] * 0.015
+    back_h = 0.03 * (~regions["lumen"]) + 0.05 * regions["tumour"] + 0.03 * regions["immune"]
+    eosin = _box_blur(_box_blur(eosin.astype(np.float32), 1), 1)
+    back_h = _box_blur(back_h.astype(np.float32), 2)
+
+    # 4. Beer-Lambert composition with per-tile stain variation.
+    h_vec = _H_VEC + rng.normal(0, 0.04, 3)
+    e_vec = _E_VEC + rng.normal(0, 0.04, 3)
+    h_vec = np.abs(h_vec) / np.linalg.norm(h_vec)
+    e_vec = np.abs(e_vec) / np.linalg.norm(e_vec)
+    od = ((hema + back_h)[..., None] * (h_vec * rng.uniform(0.85, 1.15)).astype(np.float32)
+          + eosin[..., None] * (e_vec * rng.uniform(0.8, 1.2)).astype(np.float32) + 0.025)
+    rgb = 255.0 * np.exp(-np.log(10.0) * od)
+    rgb += rng.normal(0, 2.5, rgb.shape).astype(np.float32)
+    img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    img = img.filter(ImageFilter.GaussianBlur(0.6))
+    image = np.asarray(img)
+
+    masks = {
+        "tumour_proliferation": regions["tumour"], "immune": regions["immune"],
+        "stroma_ecm": regions["stroma"], "lumen_secretory": regions["lumen"], "housekeeping": nuclei,
+    }
+    activities = np.array([masks[m].mean() for m in MODULES])
+    return image, masks, activities
+
+
+# ----------------------------------------------------------------------------------------------
+# Expression
+# ----------------------------------------------------------------------------------------------
+
+
+def _expression(activities: np.ndarray, spec: GeneSpec, rng: np.random.Generator) -> np.ndarray:
+    """Planted expression: log1p of size-normalised, overdispersed counts (samples x genes)."""
+    n, g = activities.shape[0], len(spec.names)
+    z = (activities - _ACT_MEAN) / _ACT_STD  # standardised module activities
+    # Sample-level noise no image can explain: one factor per module, three hidden nuisance
+    # factors (confounders shared by some non-module genes), a global depth factor.
+    module_noise = rng.normal(0, 0.3, (n, len(MODULES)))
+    nuisance = rng.normal(0, 0.45, (n, 3))
+    size = np.exp(rng.normal(0, 0.2, n))
+    has_mod = spec.module >= 0
+    log_rate = np.log(spec.base)[None, :] + np.log(size)[:, None]
+    mod_idx = np.where(has_mod, spec.module, 0)
+    log_rate += np.where(has_mod, spec.gain * (z[:, mod_idx] + module_noise[:, mod_idx]), 0.0)
+    has_nui = spec.nuisance >= 0
+    log_rate += np.where(has_nui, nuisance[:, np.where(has_nui, spec.nuisance, 0)], 0.0)
+    log_rate += rng.normal(0, 1, (n, g)) * rng.uniform(0.1, 0.3, g)[None, :]
+    rate = np.exp(np.clip(log_rate, -20, 9))
+    dispersion = rng.uniform(0.05, 0.3, g)
+    gamma = rng.gamma(1.0 / dispersion[None, :], dispersion[None, :], (n, g))
+    counts = rng.poisson(rate * gamma)
+    return np.round(np.log1p(counts / size[:, None]), 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+
+def _format_table(ids: list[str], paths: list[str] | None, values: np.ndarray | None,
+                  genes: list[str]) -> str:
+    """CSV text for ID[, path][, genes]; values already rounded to 4 decimals (fast, deterministic)."""
+    header = ["ID"] + (["path"] if paths is not None else []) + (genes if values is not None else [])
+    lines = [",".join(header)]
+    if values is not None:
+        flat = values.ravel()
+        uniq, inv = np.unique(flat, return_inverse=True)
+        text = np.array([f"{v:.4f}".rstrip("0").rstrip(".") for v in uniq], dtype=object)
+        cells = text[inv].reshape(values.shape)
+    for i, sample in enumerate(ids):
+        row = [sample] + ([paths[i]] if paths is not None else [])
+        if values is not None:
+            row.extend(cells[i])
+        lines.append(",".join(row))
+    return "\n".join(lines) + "\n"
+
+
+def _validate(n_train, n_test, n_genes, seed) -> None:
+    problems = []
+    for name, val, lo in (("n_train", n_train, 2), ("n_test", n_test, 1), ("n_genes", n_genes, MIN_GENES)):
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < lo:
+            problems.append(Problem(f"--{name.replace('_', '-')}", f"got {val!r}", f"use an integer >= {lo}"))
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        problems.append(Problem("--seed", f"got {seed!r}", "use a non-negative integer"))
+    if problems:
+        raise MaiError("invalid demo dataset settings", problems)
+
+
+def generate_demo(out, n_train: int = 600, n_test: int = 200, n_genes: int = 500, seed: int = 0,
+                  progress: bool = False) -> Path:
+    """Generate the synthetic demo dataset into folder ``out`` (replaced atomically); return its path."""
+    from mai_core.io import atomic_dir
+
+    _validate(n_train, n_test, n_genes, seed)
+    from PIL import Image
+
+    out = Path(out).expanduser()
+    started = time.perf_counter()
+    spec = _gene_catalogue(int(n_genes), np.random.default_rng([seed, 1]))
+    splits = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
+    ids = [f"{split}_{i:05d}" for split, i in splits]
+    activities = np.empty((len(splits), len(MODULES)))
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        it = enumerate(zip(splits, ids))
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(ids), desc="rendering demo tiles", unit="tile")
+        for k, ((split, i), sample) in it:
+            rng = np.random.default_rng([seed, 2, 0 if split == "train" else 1, i])
+            image, masks, act = render_tile(rng)
+            activities[k] = act
+            Image.fromarray(image).save(tmp / "images" / f"{sample}.png", compress_level=3)
+            np.savez_compressed(tmp / "masks" / f"{sample}.npz", **masks)
+        expr = _expression(activities, spec, np.random.default_rng([seed, 3]))
+        paths = [f"images/{s}.png" for s in ids]
+        tr, te = slice(0, n_train), slice(n_train, None)
+        (tmp / "train.csv").write_text(_format_table(ids[tr], paths[tr], expr[tr], spec.names))
+        (tmp / "test.csv").write_text(_format_table(ids[te], paths[te], None, spec.names))
+        (tmp / "test_truth.csv").write_text(_format_table(ids[te], None, expr[te], spec.names))
+        act_lines = ["ID,split," + ",".join(MODULES)]
+        for (split, _), sample, row in zip(splits, ids, activities):
+            act_lines.append(",".join([sample, split] + [f"{v:.6f}" for v in row]))
+        (tmp / "activities.csv").write_text("\n".join(act_lines) + "\n")
+        gmt = []
+        for mi, m in enumerate(MODULES):
+            members = [g for g, gm in zip(spec.names, spec.module) if gm == mi]
+            gmt.append("\t".join([m, MODULE_DESCRIPTIONS[m]] + members))
+        (tmp / "modules.gmt").write_text("\n".join(gmt) + "\n")
+        truth = {
+            "generator": "mai_core.demo",
+            "version": GENERATOR_VERSION,
+            "seed": int(seed),
+            "n_train": int(n_train), "n_test": int(n_test), "n_genes": int(n_genes),
+            "modules": [{"name": m, "description": MODULE_DESCRIPTIONS[m], "region": MODULE_REGION[m],
+                         "n_genes": int((spec.module == mi).sum())} for mi, m in enumerate(MODULES)],
+            "gene_module": {g: (MODULES[m] if m >= 0 else None) for g, m in zip(spec.names, spec.module)},
+            "gene_family": dict(zip(spec.names, spec.family)),
+            "gene_gain": {g: round(float(v), 4) for g, v in zip(spec.names, spec.gain)},
+            "activities": "activities.csv",
+            "test_expression": "test_truth.csv",
+            "masks": "masks/<ID>.npz (one boolean 224x224 array per module)",
+            "expression": "log1p(counts / size factor); counts ~ Poisson(Gamma-mixed rate); "
+                          "log rate = log base + gain * (standardised module activity + module noise) "
+                          "+ hidden nuisance factors + gene noise",
+        }
+        (tmp / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    generate_demo.last_seconds = time.perf_counter() - started
+    return out
+
+
+def summarize(out) -> str:
+    """One paragraph describing a generated demo dataset (from its truth.json)."""
+    out = Path(out)
+    truth = json.loads((out / "truth.json").read_text())
+    mods = ", ".join(f"{m['name']} ({m['n_genes']} genes)" for m in truth["modules"])
+    n_free = sum(1 for v in truth["gene_module"].values() if v is None)
+    return (f"demo dataset in {out}: {truth['n_train']} train + {truth['n_test']} test tiles, "
+            f"{truth['n_genes']} genes, seed {truth['seed']}\n  modules: {mods}; {n_free} genes in no module")
