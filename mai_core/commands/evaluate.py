@@ -1,0 +1,47 @@
+"""``python -m mai_core evaluate``: metrics of a run or ensemble on a labelled set."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "evaluate"
+HELP = "evaluate a run or ensemble on a labelled split (gene-wise PCC, top-50, sample-wise PCC, MSE)"
+DESCRIPTION = (
+    "Predicts the chosen split of DIR and prints metrics. --split train: every row of train.csv; "
+    "test: test.csv with expression taken from its gene columns or from test_truth.csv; val: the run's "
+    "own validation predictions (val_predictions.parquet, no inference)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run or ensemble directory")
+    p.add_argument("--data", help="dataset folder (not needed for --split val)")
+    p.add_argument("--split", choices=("train", "test", "val"), default="test")
+    p.add_argument("--out", help="write the metrics (with per-gene PCC) as JSON here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=("on", "off"), help="override the run's test-time augmentation setting")
+    p.add_argument("--quiet", action="store_true")
+
+
+def format_table(metrics: dict) -> str:
+    rows = [(k, v) for k, v in metrics.items() if not isinstance(v, dict)]
+    width = max(len(k) for k, _ in rows)
+    lines = []
+    for k, v in rows:
+        text = f"{v:.4f}" if isinstance(v, float) else str(v)
+        lines.append(f"{k.ljust(width)}  {text}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from mai_core.predict import evaluate_run
+    from mai_core.io import write_json
+
+    tta = None if args.tta is None else args.tta == "on"
+    metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device,
+                           progress=not args.quiet, tta=tta)
+    print(format_table(metrics))
+    if args.out:
+        write_json(args.out, metrics)
+        print(f"wrote {args.out}")
+    return 0

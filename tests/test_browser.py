@@ -1,0 +1,140 @@
+"""End to end in a real browser: `streamlit run app.py` opened in headless Chromium via Playwright.
+
+Checks the home page shows the dataset, the Results page opens from the navigation, the sidebar
+job list refreshes itself while a job runs, and the server sits idle (near-zero CPU) once nothing runs.
+Set MAI_SCREENSHOT=1 to (re)write assets/app_home.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.fixture()
+def server(demo_dir, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package to run browser tests")
+    pytest.importorskip("playwright.sync_api")
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    port = _free_port()
+    env = dict(os.environ, MAI_DATA=str(demo_dir), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO))
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > end or proc.poll() is not None:
+                    raise AssertionError("streamlit did not start:\n" + (tmp_path / "server.log").read_text())
+                time.sleep(0.5)
+        yield {"url": url, "proc": proc, "ws": ws}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _fake_job(ws: Path, name: str, pid: int, state: str = "running") -> Path:
+    """A job record + run dir as the queue runner and training would leave them."""
+    from mai_core.jobs import process_start_time
+
+    run = ws / "runs" / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("kind: run\nmodel: {backbone: efficientnet_lite0}\n")
+    (run / "status.json").write_text(json.dumps({"state": state, "pid": pid, "epoch": 1, "epochs": 4,
+                                                 "progress": 0.3, "eta_s": 90, "started": time.time()}))
+    (run / "log.txt").write_text("epoch 1/4\n")
+    (ws / "jobs").mkdir(exist_ok=True)
+    (ws / "jobs" / f"{name}.json").write_text(json.dumps({
+        "id": name, "run_dir": str(run), "device": "cpu", "argv": ["train"], "state": "running",
+        "queued_at": time.time(), "pid": pid, "pid_start": process_start_time(pid), "started": time.time()}))
+    return run
+
+
+def test_app_in_real_browser(server, demo_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        _fake_job(server["ws"], "busy", sleeper.pid)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server["url"], wait_until="domcontentloaded")
+            # home page: dataset counts of the demo (120 train / 40 test patches)
+            expect(page.get_by_text("Training patches")).to_be_visible(timeout=90_000)
+            metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+            assert "120" in metrics and "40" in metrics, metrics
+            # the sidebar job list shows the running job and refreshes itself
+            expect(page.get_by_text("busy", exact=True)).to_be_visible(timeout=30_000)
+            stamp = page.get_by_text(re.compile(r"^updated \d\d:\d\d:\d\d$"))
+            first = stamp.inner_text(timeout=30_000)
+            page.wait_for_function(
+                "s => [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+                ".some(e => /^updated /.test(e.innerText) && e.innerText !== s)", arg=first, timeout=20_000)
+            if os.environ.get("MAI_SCREENSHOT") == "1":
+                time.sleep(2)
+                (REPO / "assets").mkdir(exist_ok=True)
+                page.screenshot(path=str(REPO / "assets" / "app_home.png"), full_page=False)
+            # the process dies: the job turns failed, the list stops refreshing
+            sleeper.kill()
+            sleeper.wait()
+            expect(page.get_by_text("exited without finishing").first).to_be_visible(timeout=30_000)
+            # navigate to the Results page
+            page.get_by_role("link", name=re.compile("Results")).first.click()
+            expect(page.get_by_role("heading", name=re.compile("Results"))).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("best val gene-PCC").or_(page.get_by_text("No runs yet")).first) \
+                .to_be_visible(timeout=60_000)
+            # idle: nothing runs, so the server should do (almost) nothing while the page stays open
+            time.sleep(3)
+            pid = server["proc"].pid
+            before = _cpu_seconds(pid)
+            time.sleep(6)
+            used = _cpu_seconds(pid) - before
+            assert used < 0.6, f"server used {used:.2f} s CPU in 6 s while idle"
+            browser.close()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()

@@ -1,0 +1,81 @@
+"""The Augmentation Lab page: preview with labelled metrics, cached scores, live thresholds, policy saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import mai_core.augment as A  # noqa: E402
+from mai_core.augment import scoring  # noqa: E402
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "3_Augmentation_Lab.py")
+
+
+def _kept_table(at):
+    for df in at.dataframe:
+        value = df.value
+        if "kept" in getattr(value, "columns", []):
+            return value
+    raise AssertionError("no kept/rejected table on the page")
+
+
+def test_thresholds_mark_kept_live_without_rescoring_and_policy_saves(demo_dir, workspace, tmp_path, monkeypatch):
+    import streamlit as st
+
+    monkeypatch.setenv("MAI_DATA", str(demo_dir))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no LPIPS weights -> labelled substitute
+    monkeypatch.setattr(scoring, "dino_weights_path", lambda: None)
+    calls = []
+    real = A.score_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(A, "score_dataset", counting)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    # preview grid with numbers, metric labels and the fallback warning
+    assert len(at.multiselect(key="aug_images").value) == 2
+    assert any("lpips-style/efficientnet_lite0" in c.value for c in at.caption)
+    assert any("Substitute metric" in w.value for w in at.warning)
+
+    at.number_input(key="score_n").set_value(3)
+    at.number_input(key="score_k").set_value(1)
+    at.multiselect(key="score_augs").set_value(["Identity", "HorizontalFlip", "HEDJitter", "GaussianBlur"])
+    at.button(key="score_submit").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1
+    before = _kept_table(at)
+    assert list(before["aug"]) == ["Identity", "HorizontalFlip", "HEDJitter", "GaussianBlur"]
+    assert before["kept"].sum() == 3  # all but Identity at the default (maximal) thresholds
+
+    # lower the LPIPS threshold just below the second-smallest non-zero mean: the kept set shrinks
+    scored = before.set_index("aug")["lpips_mean"].drop("Identity").sort_values()
+    limit = float(scored.iloc[0] + scored.iloc[1]) / 2
+    at.slider(key="max_lpips").set_value(limit)
+    at.run()
+    assert not at.exception, at.exception
+    after = _kept_table(at)
+    assert list(after[after["kept"]]["aug"]) == [scored.index[0]]
+    assert len(calls) == 1, "moving a threshold slider must not recompute the scores"
+
+    at.text_input(key="policy_name").set_value("from_lab")
+    at.button(key="save_policy").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("from_lab" in s.value for s in at.success)
+    saved = A.load_policy("from_lab")
+    assert [it.aug for it in saved.items] == [scored.index[0]]
+    listed = [df.value for df in at.dataframe if "source" in getattr(df.value, "columns", [])]
+    assert listed and "from_lab" in set(listed[0]["name"])
