@@ -445,23 +445,25 @@ def _shape(t) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
 
-def load_weights_into(timm_name: str, state_dict: dict, where: str, keep_classifier: bool = False):
+def load_weights_into(timm_name: str, state_dict: dict, where: str, keep_classifier: bool = False, **timm_kwargs):
     """Build ``timm_name`` and load ``state_dict`` into it, checking every backbone tensor.
 
     Keys are matched by name when the file uses timm's names, otherwise positionally (same order; the
     file must have exactly the model's tensors, with or without the classifier). Every shape is
     checked; any mismatch raises MaiError naming the tensors. The classifier is dropped
-    (``num_classes=0``) unless ``keep_classifier``.
+    (``num_classes=0``) unless ``keep_classifier``. ``timm_kwargs`` go to ``timm.create_model``.
     """
-    model = _new_model(timm_name)
+    model = _seeded_model(timm_name, **timm_kwargs)
     cls_keys = _classifier_keys(model)
     target = model.state_dict()
     body = [k for k in target if k not in cls_keys]
     problems: list[Problem] = []
 
-    if set(body) <= set(state_dict):
+    # BN batch counters are bookkeeping, not weights: some exports leave them out
+    required = [k for k in body if not k.endswith("num_batches_tracked")]
+    if set(required) <= set(state_dict):
         mode = "by name"
-        mapping = {k: state_dict[k] for k in body}
+        mapping = {k: state_dict[k] for k in body if k in state_dict}
         mapping.update({k: state_dict[k] for k in cls_keys if k in state_dict})
     elif len(state_dict) == len(target):
         mode = "by position"
@@ -504,7 +506,7 @@ def load_weights_into(timm_name: str, state_dict: dict, where: str, keep_classif
 
     load = {k: v for k, v in mapping.items() if k in target and (keep_classifier or k not in cls_keys)}
     result = model.load_state_dict(load, strict=False)
-    not_loaded = [k for k in result.missing_keys if k not in cls_keys]
+    not_loaded = [k for k in result.missing_keys if k not in cls_keys and not k.endswith("num_batches_tracked")]
     if not_loaded:  # cannot happen after the checks above, kept as a guard against silent partial loads
         raise MaiError(f"weights in {where} left {len(not_loaded)} tensors of {timm_name} unset",
                        [Problem(where, f"missing {not_loaded[:5]}", "use a complete state dict")])
@@ -514,12 +516,19 @@ def load_weights_into(timm_name: str, state_dict: dict, where: str, keep_classif
     return model
 
 
-def _random_model(timm_name: str, keep_classifier: bool):
+def _seeded_model(timm_name: str, **kwargs):
+    """A freshly initialised model; the init is seeded and leaves the global RNG untouched."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        return _new_model(timm_name) if keep_classifier else _new_model(timm_name, num_classes=0)
+        return _new_model(timm_name, **kwargs)
+
+
+def _random_model(timm_name: str, keep_classifier: bool, **timm_kwargs):
+    if not keep_classifier:
+        timm_kwargs["num_classes"] = 0
+    return _seeded_model(timm_name, **timm_kwargs)
 
 
 def _weights_plan(spec: BackboneSpec, weights) -> list[tuple[str, str | None]]:
@@ -581,7 +590,8 @@ def _raise_no_weights(spec: BackboneSpec, weights, failures: list[str]):
                    hint="weights='auto' falls back to random initialisation instead of failing")
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", keep_classifier: bool = False):
+def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", keep_classifier: bool = False,
+                    **timm_kwargs):
     """Build a timm backbone with pooled-feature output and resolve its weights.
 
     ``weights``: ``"auto"`` (file cache -> timm/HF cache on disk -> offline package -> random init with a
@@ -589,10 +599,16 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", 
     ``"package"``, ``"random"`` (deliberate random init, seeded), or a path to a .safetensors/.pth file.
 
     Returns ``(model, WeightsInfo)``; the model is in eval mode on ``device`` with ``num_classes=0``
-    (``model.num_features``-d output) unless ``keep_classifier``.
+    (``model.num_features``-d output) unless ``keep_classifier``. Extra keyword arguments go to
+    ``timm.create_model`` (e.g. ``drop_path_rate=0.1``).
     """
     spec = get_spec(name)
     dev = resolve_device(device)
+    for reserved in ("pretrained", "num_classes", "pretrained_cfg_overlay"):
+        if reserved in timm_kwargs:
+            raise MaiError(f"create_backbone does not take {reserved}=",
+                           [Problem(reserved, "weights and the classifier are managed by the registry",
+                                    "use weights= and keep_classifier= instead")])
     plan = _weights_plan(spec, weights)
     failures: list[str] = []
     tried: list[str] = []
@@ -607,22 +623,23 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", 
                     arch, (mean, std) = pkg.timm_arch, (pkg.mean, pkg.std)  # the packaged file, passed explicitly
                 else:
                     arch, (mean, std) = spec.timm_name, _norm_stats(_pretrained_cfg(spec.timm_name))
-                model = load_weights_into(arch, sd, str(path), keep_classifier=keep_classifier)
+                model = load_weights_into(arch, sd, str(path), keep_classifier=keep_classifier, **timm_kwargs)
                 info = WeightsInfo(source, str(path), None, mean, std, arch, spec.input_size)
             elif source == "cache-hub":
                 with _hub_offline():
-                    model = _new_model(spec.timm_name, pretrained=True,
+                    model = _seeded_model(spec.timm_name, pretrained=True,
                                        pretrained_cfg_overlay={"file": path},
-                                       **({} if keep_classifier else {"num_classes": 0}))
+                                       **({} if keep_classifier else {"num_classes": 0}), **timm_kwargs)
                 mean, std = _norm_stats(model.pretrained_cfg)
                 info = WeightsInfo("cache", str(path), None, mean, std, spec.timm_name, spec.input_size)
             elif source == "package":
                 pkg = spec.offline_package
                 sd = read_state_dict(path)
-                model = load_weights_into(pkg.timm_arch, sd, str(path), keep_classifier=keep_classifier)
+                model = load_weights_into(pkg.timm_arch, sd, str(path), keep_classifier=keep_classifier,
+                                          **timm_kwargs)
                 info = WeightsInfo("package", str(path), None, pkg.mean, pkg.std, pkg.timm_arch, spec.input_size)
             else:
-                model = _random_model(spec.timm_name, keep_classifier)
+                model = _random_model(spec.timm_name, keep_classifier, **timm_kwargs)
                 mean, std = _norm_stats(model.pretrained_cfg)
                 why = "; ".join(failures) if failures else "none found in " + "; ".join(_looked_at(spec))
                 deliberate = weights == "random"
@@ -781,9 +798,9 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-def create_feature_extractor(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu"):
+def create_feature_extractor(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", **timm_kwargs):
     """``create_backbone`` wrapped in a ``FeatureExtractor`` (normalisation inside). Returns (extractor, info)."""
-    model, info = create_backbone(name, weights=weights, device=device)
+    model, info = create_backbone(name, weights=weights, device=device, **timm_kwargs)
     fe = __getattr__("FeatureExtractor")(model, info.mean, info.std, spec=get_spec(name), info=info)
     return fe.to(resolve_device(device)).eval(), info
 

@@ -190,29 +190,29 @@ def _timm_backbones(model) -> list[tuple[str, object]]:
     return found
 
 
-def _registry_hint(backbone) -> tuple[str, ...]:
-    """Target-layer hint of the shared backbone registry, when it offers one for this model."""
+def _registry_layer(backbone, backbone_name: str | None):
+    """Target layer the shared backbone registry recommends for ``backbone_name`` (None when it has none)."""
+    if not backbone_name:
+        return None
     try:
         from mai_core import backbones as registry
-    except Exception:  # registry missing or broken: fall back to the family table
-        return ()
-    for attr in ("gradcam_layers", "gradcam_layer", "gradcam_target"):
-        fn = getattr(registry, attr, None)
-        if callable(fn):
-            try:
-                hint = fn(backbone)
-            except Exception:
-                continue
-            if hint:
-                return (hint,) if isinstance(hint, str) else tuple(hint)
-    return ()
+
+        layer, _ = registry.gradcam_target(backbone, backbone_name)
+    except Exception:  # registry unavailable or no hint for this name: use the family table
+        return None
+    return layer if hasattr(layer, "register_forward_hook") else None
+
+
+_CANDIDATE = re.compile(r"^(layer\d|stages\.\d+|blocks\.\d+|blocks\.\d+\.norm1|conv_head|bn2|features|"
+                        r"layers\.\d+|final_conv|s\d|norm|cls_attn_blocks\.\d+\.norm1)$")
 
 
 def layer_candidates(model, limit: int = 40) -> list[str]:
-    """Dotted names worth offering as target layers (spatial stages and blocks, deepest last)."""
-    names = [n for n, _ in model.named_modules() if n]
-    keep = [n for n in names if re.search(r"(layer\d|stages?\.\d+$|blocks\.\d+$|blocks\.\d+\.norm1$|"
-                                          r"conv_head$|bn2$|features$|layers\.\d+$|final_conv$|norm$)", n)]
+    """Dotted names (relative to the backbone) worth offering as target layers, deepest last."""
+    backbones = _timm_backbones(model)
+    root = backbones[0][1] if backbones else model
+    names = [n for n, _ in root.named_modules() if n]
+    keep = [n for n in names if _CANDIDATE.match(n)]
     return keep[-limit:] if keep else names[-limit:]
 
 
@@ -282,12 +282,13 @@ def _is_spatial(shape) -> bool:
     return False
 
 
-def resolve_target_layers(model, layer: str | None = None, device=None) -> LayerSpec:
+def resolve_target_layers(model, layer: str | None = None, device=None,
+                          backbone_name: str | None = None) -> LayerSpec:
     """Target layer(s) of ``model`` for CAMs.
 
     ``layer=None`` picks per backbone family (EfficientNet ``bn2``, ResNet ``layer4``, ConvNeXt/CoAtNet
-    ``stages[-1]``, ViT ``blocks[-1].norm1``, XCiT ``blocks[-1]``, Swin ``layers[-1]``; the shared
-    backbone registry's hint wins when it gives one), one layer per backbone for ensembles. A dotted
+    ``stages[-1]``, ViT ``blocks[-1].norm1``, XCiT ``blocks[-1]``, Swin ``layers[-1]``; with
+    ``backbone_name`` the shared registry's hint wins), one layer per backbone for ensembles. A dotted
     ``layer`` is looked up on the whole model first, then inside every backbone. Raises MaiError listing
     candidates for a bad name or a layer whose output is not a spatial map.
     """
@@ -313,7 +314,7 @@ def resolve_target_layers(model, layer: str | None = None, device=None) -> Layer
                     names.append(_canonical_name(model, sub))
                     modules.append(sub)
         if not modules:
-            cands = layer_candidates(backbones[0][1] if backbones else model)
+            cands = layer_candidates(model)
             close = difflib.get_close_matches(layer, [n for n, _ in model.named_modules()], n=5, cutoff=0.6)
             raise MaiError(f"target layer {layer!r} not found in the {family} model",
                            [Problem("--layer", f"no module named {layer!r}",
@@ -322,13 +323,14 @@ def resolve_target_layers(model, layer: str | None = None, device=None) -> Layer
                            hint="candidates: " + ", ".join(cands))
     else:
         for bname, bb in backbones:
-            hints = _registry_hint(bb) + FAMILY_LAYERS.get(type(bb).__name__, ())
-            for h in hints:
-                sub = _get_submodule(bb, h)
+            sub = _registry_layer(bb, backbone_name) if len(backbones) == 1 else None
+            for h in FAMILY_LAYERS.get(type(bb).__name__, ()):
                 if sub is not None:
-                    names.append(_canonical_name(model, sub))
-                    modules.append(sub)
                     break
+                sub = _get_submodule(bb, h)
+            if sub is not None:
+                names.append(_canonical_name(model, sub))
+                modules.append(sub)
         if len(modules) != len(backbones) or not modules:
             # Unknown family: the last module (in execution order) whose output is a spatial map.
             order: list = []
@@ -352,7 +354,7 @@ def resolve_target_layers(model, layer: str | None = None, device=None) -> Layer
         n, s = bad[0]
         raise MaiError(f"layer {n!r} does not output a spatial feature map (output {s})",
                        [Problem("--layer", f"{n} gives {s}", "choose a convolutional stage or a token block")],
-                       hint="candidates: " + ", ".join(layer_candidates(backbones[0][1] if backbones else model)))
+                       hint="candidates: " + ", ".join(layer_candidates(model)))
     needs_reshape = any(len(s) == 3 or (s[1] == s[2] and s[2] != s[3]) for s in shapes)
     grid = None
     for _, bb in backbones:
@@ -435,7 +437,7 @@ class CamExplainer:
     """
 
     def __init__(self, model, genes: Sequence[str], layer: str | None = None, device="cpu",
-                 run_key: str | None = None, cache_size: int = 4096, disk_cache: str | os.PathLike | None = None,
+                 backbone_name: str | None = None, run_key: str | None = None, cache_size: int = 4096, disk_cache: str | os.PathLike | None = None,
                  gene_chunk: int = 32, image_batch: int = 8, score_batch: int = 32):
         import torch
 
@@ -443,7 +445,7 @@ class CamExplainer:
         self.model = model.to(self.device).eval()
         self.genes = list(genes)
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
-        self.layers = resolve_target_layers(self.model, layer, self.device)
+        self.layers = resolve_target_layers(self.model, layer, self.device, backbone_name)
         self.run_key = run_key
         self.cache_size = int(cache_size)
         self.disk_cache = Path(disk_cache) if (disk_cache and run_key) else None
@@ -468,8 +470,10 @@ class CamExplainer:
         if model is None:
             raise MaiError(f"run {rd.path} has no torch model to explain",
                            hint="Grad-CAM needs a trained network (not a feature-regression baseline)")
-        exp = cls(model, predictor.genes, layer=layer, device=device, run_key=run_key(rd.path),
-                  disk_cache=disk_cache, **kwargs)
+        cfg = predictor.config or {}
+        name = None if cfg.get("kind") == "ensemble" else (cfg.get("model") or {}).get("backbone")
+        exp = cls(model, predictor.genes, layer=layer, device=device, backbone_name=name,
+                  run_key=run_key(rd.path), disk_cache=disk_cache, **kwargs)
         exp.predictor = predictor
         return exp
 
@@ -873,7 +877,8 @@ def faithfulness(cams: np.ndarray, masks: np.ndarray, tolerance: int = 8) -> dic
     - ``hit`` = the map's maximum lies within ``tolerance`` pixels of the mask (pointing game);
       ``chance`` = fraction of pixels within ``tolerance`` of the mask (hit rate of a random point).
 
-    Pairs with an empty or full mask or an all-zero map are skipped. Returns means over pairs plus
+    Pairs with an empty or full mask or an all-zero map are skipped (``n`` used of ``n_pairs``).
+    Returns means over pairs (``inside_outside``: median, robust to near-zero outside means) plus
     ``per_pair`` (a DataFrame).
     """
     from scipy import ndimage
@@ -911,11 +916,11 @@ def faithfulness(cams: np.ndarray, masks: np.ndarray, tolerance: int = 8) -> dic
     df = pd.DataFrame(rows)
     used = df[df["used"]] if len(df) else df
     if not len(used):
-        return {"n": 0, "energy_ratio": float("nan"), "energy_ratio_median": float("nan"),
+        return {"n": 0, "n_pairs": int(len(df)), "energy_ratio": float("nan"), "energy_ratio_median": float("nan"),
                 "inside_outside": float("nan"), "hit_rate": float("nan"), "chance_hit_rate": float("nan"),
                 "mask_area": float("nan"), "per_pair": df}
     io_vals = used["inside_outside"].replace(np.inf, np.nan)
-    return {"n": int(len(used)), "energy_ratio": float(used["energy_ratio"].mean()),
+    return {"n": int(len(used)), "n_pairs": int(len(df)), "energy_ratio": float(used["energy_ratio"].mean()),
             "energy_ratio_median": float(used["energy_ratio"].median()),
             "inside_outside": float(io_vals.median()),
             "hit_rate": float(used["hit"].mean()), "chance_hit_rate": float(used["chance"].mean()),
@@ -1058,12 +1063,22 @@ def write_gradcam(run, data, ids: Sequence[str], genes: Sequence[str] | None = N
         else:
             raise MaiError(f"run {run!r} not found", [Problem("--run", f"{run} is not a folder",
                                                                  "pass a run directory or a run name under workspace/runs")])
-    run_genes = rd.read_genes()
-    chosen = select_genes(run_genes, genes=genes, prefix=prefix)
-    ds = load_dataset(data)
-    pairs = resolve_ids(ds, ids, split)
     if out is None:
         raise MaiError("no output folder", hint="pass --out DIR")
+    run_genes = rd.read_genes()
+    ds = load_dataset(data)
+    problems: list[Problem] = []
+    chosen, pairs = [], []
+    try:
+        chosen = select_genes(run_genes, genes=genes, prefix=prefix)
+    except MaiError as exc:
+        problems += exc.problems or [Problem("genes", exc.message, exc.hint)]
+    try:
+        pairs = resolve_ids(ds, ids, split)
+    except MaiError as exc:
+        problems += exc.problems or [Problem("--ids", exc.message, exc.hint)]
+    if problems:
+        raise MaiError(f"{len(problems)} unknown gene(s)/image ID(s)", problems)
     explainer = CamExplainer.from_run(rd, layer=layer, device=device, disk_cache=disk_cache)
     images = np.stack([ds.image(i, s) for i, s in pairs])
     result = explainer.explain(images, chosen, method=method, progress=progress)

@@ -90,7 +90,7 @@ def standardize(X) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank_columns(X) -> np.ndarray:
-    """Average ranks of every column (ties share their mean rank), float32."""
+    """Average ranks (1..n) of every column, ties sharing their mean rank, as float32."""
     from scipy.stats import rankdata
 
     return rankdata(_as_matrix(X), axis=0, method="average").astype(np.float32)
@@ -436,7 +436,10 @@ def gene_profiles(X, n_pcs: int = 50, seed: int = 0) -> GeneProfiles:
     if P.shape[0] < 3:
         return GeneProfiles(P[:, :n_comp].astype(np.float32), np.ones(n_comp), {"n_pcs": n_comp, "seed": seed})
     solver = "randomized" if n_comp < 0.8 * min(P.shape) else "full"
-    pca = PCA(n_components=n_comp, svd_solver=solver, random_state=int(seed))
+    # three power iterations resolve the leading components well enough for clustering, at half the
+    # cost of sklearn's default
+    pca = PCA(n_components=n_comp, svd_solver=solver, random_state=int(seed),
+              **({"iterated_power": 3} if solver == "randomized" else {}))
     coords = pca.fit_transform(P).astype(np.float32)
     return GeneProfiles(coords, pca.explained_variance_ratio_, {"n_pcs": n_comp, "seed": int(seed)})
 
@@ -488,7 +491,7 @@ def kmeans_genes(X, genes: list[str], k: int = 5, seed: int = 0, n_pcs: int = 50
 
 
 def kmeans_scan(profiles: GeneProfiles, ks=range(2, 21), seed: int = 0, n_init: int = 2,
-                silhouette_sample: int = 4000, progress: bool = False) -> pd.DataFrame:
+                silhouette_sample: int = 2000, progress: bool = False) -> pd.DataFrame:
     """Inertia and silhouette (Euclidean, on the profiles) for each k, to guide the choice of k.
 
     The silhouette uses a seeded subsample of ``silhouette_sample`` genes when there are more genes.

@@ -443,6 +443,9 @@ def _run_one(rec: dict) -> None:
 
     run = RunDir(rec["run_dir"])
     run.path.mkdir(parents=True, exist_ok=True)
+    if run.status_path.is_file() and run.read_status().get("state") in TERMINAL:
+        # a resumed run: its status still tells the previous attempt's end until training starts
+        run.write_status(state="queued", error=None, eta_s=None)
     with open(run.log_path, "a") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"[{stamp}] job {rec['id']}: {' '.join(rec['argv'])}\n")
@@ -458,10 +461,17 @@ def _run_one(rec: dict) -> None:
         _update_record(rec["id"], state="running", pid=proc.pid, pid_start=process_start_time(proc.pid),
                        started=time.time())
         rc = proc.wait()
-    rec = _update_record(rec["id"], state="done", returncode=rc, ended=time.time())
-    status = run.read_status()
-    if status.get("state") not in TERMINAL:
-        _mark_failed(run, _exit_reason(rec["pid"], rc, run))
+    with _records_lock():
+        try:
+            current = read_record(rec["id"])
+        except MaiError:
+            return  # forgotten meanwhile
+        if current.get("pid") != proc.pid or current.get("state") != "running":
+            return  # already re-queued (resumed) by someone: that attempt owns the record now
+        current.update(state="done", returncode=rc, ended=time.time())
+        write_json(_record_path(rec["id"]), current)
+        if run.read_status().get("state") not in TERMINAL:
+            _mark_failed(run, _exit_reason(proc.pid, rc, run))
 
 
 def _exit_reason(pid, rc: int | None, run) -> str:
@@ -606,6 +616,10 @@ def resume(job_id: str, spawn: bool = True) -> JobInfo:
         rec.update(state="queued", argv=argv, queued_at=time.time(), resume=rec.get("state") != "cancelled",
                    pid=None, pid_start=None, returncode=None, ended=None, stop_requested=False)
         write_json(_record_path(job_id), rec)
+        if info.run_dir.joinpath("status.json").is_file():
+            from mai_core.runs import write_status
+
+            write_status(info.run_dir, state="queued", error=None, eta_s=None)
     if spawn:
         spawn_runner(rec["device"])
     return job_info(job_id)

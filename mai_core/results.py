@@ -304,8 +304,10 @@ def _cli_error(proc: subprocess.CompletedProcess, what: str) -> MaiError:
     return MaiError(f"{what} failed: {msg.removeprefix('error: ')}")
 
 
-def build_ensemble(runs, out, weights: list[float] | None = None, timeout: float | None = 900) -> RunDir:
-    """Combine finished runs into an ensemble directory with ``python -m mai_core ensemble``."""
+def build_ensemble(runs, out, weights: str = "mean", timeout: float | None = 900) -> RunDir:
+    """Combine finished runs into an ensemble directory with ``python -m mai_core ensemble``.
+
+    ``weights``: ``mean`` (equal) or ``val`` (weighted by validation gene PCC)."""
     runs = [_run(r) for r in runs]
     if len(runs) < 2:
         raise MaiError("an ensemble needs at least two runs", hint="select two or more finished runs")
@@ -316,8 +318,9 @@ def build_ensemble(runs, out, weights: list[float] | None = None, timeout: float
     if out.exists():
         raise MaiError(f"{out} already exists", hint="choose another ensemble name")
     args = ["ensemble", "--runs", *[str(r.path) for r in runs], "--out", str(out)]
-    if weights:
-        args += ["--weights", *[str(w) for w in weights]]
+    if weights not in ("mean", "val"):
+        raise MaiError(f"unknown ensemble weighting '{weights}'", hint="use mean or val")
+    args += ["--weights", weights]
     proc = _python_mai(args, timeout)
     if proc.returncode != 0:
         raise _cli_error(proc, "building the ensemble")
@@ -331,7 +334,8 @@ def write_submission(run, csv_path, out, timeout: float | None = 1800) -> Path:
     if run.model_checkpoint() is None and run.kind != "ensemble":
         raise MaiError(f"run {run.name} has no checkpoint to predict with", hint="wait for it to finish")
     out = Path(out)
-    proc = _python_mai(["predict", "--run", str(run.path), "--csv", str(csv_path), "--out", str(out)], timeout)
+    proc = _python_mai(["predict", "--run", str(run.path), "--csv", str(csv_path), "--out", str(out), "--quiet"],
+                       timeout)
     if proc.returncode != 0:
         raise _cli_error(proc, "prediction")
     return out

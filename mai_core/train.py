@@ -91,7 +91,7 @@ CPU_RECIPE: dict = {
 }
 GPU_RECIPE: dict = {
     "model": {"backbone": "efficientnet_lite0", "kind": "finetune", "train_blocks": -1},
-    "optim": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "backbone_lr_mult": 0.1, "ema": 0.999},
+    "optim": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "backbone_lr_mult": 0.1, "ema": 0.99},
 }
 
 
@@ -320,18 +320,28 @@ class EMA:
         self.decay = float(decay)
         self.shadow = {k: v.detach().clone().float() if torch.is_floating_point(v) else v.detach().clone()
                        for k, v in model.state_dict().items()}
+        self._pairs = None
 
     def update(self, model, step: int) -> None:
         import torch
 
         d = min(self.decay, (1.0 + step) / (10.0 + step))
+        if self._pairs is None or self._pairs[2] is not model:
+            state = model.state_dict()
+            fl = [k for k, v in state.items() if torch.is_floating_point(v)]
+            other = [k for k, v in state.items() if not torch.is_floating_point(v)]
+            self._pairs = ([self.shadow[k] for k in fl], [state[k] for k in fl], model,
+                           [(self.shadow[k], state[k]) for k in other])
+        shadows, live, _, other = self._pairs
         with torch.no_grad():
-            for k, v in model.state_dict().items():
-                s = self.shadow[k]
-                if torch.is_floating_point(v):
-                    s.mul_(d).add_(v.detach().float(), alpha=1.0 - d)
-                else:
-                    s.copy_(v)
+            torch._foreach_mul_(shadows, d)
+            torch._foreach_add_(shadows, [t.detach().float() for t in live], alpha=1.0 - d)
+            for s, v in other:
+                s.copy_(v)
+
+    def load(self, shadow: dict, device) -> None:
+        self.shadow = {k: v.to(device) for k, v in shadow.items()}
+        self._pairs = None
 
     def copy_to(self, model) -> None:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
@@ -371,8 +381,11 @@ class _DihedralAugment:
         return out, y
 
 
-def make_augment(policy, seed: int, device=None):
-    """Batch augmentation callable ``(x, y) -> (x, y)`` for the policy; None when policy is none/empty."""
+def make_augment(policy, seed: int, data_dir=None):
+    """Batch augmentation callable ``(x, y) -> (x, y)`` for the policy; None when policy is none/empty.
+
+    Unknown policy names raise MaiError (from mai_core.augment) listing the available ones.
+    """
     if policy in (None, "", "none", "off"):
         return None
     try:
@@ -381,10 +394,7 @@ def make_augment(policy, seed: int, device=None):
         if policy in ("flips_rot90", "dihedral"):
             return _DihedralAugment(seed)
         raise MaiError(f"augmentation policy {policy!r} needs mai_core.augment, which is not installed")
-    try:
-        return build_batch_augment(policy, seed=seed, device=device)
-    except TypeError:
-        return build_batch_augment(policy, seed=seed)
+    return build_batch_augment(policy, seed=seed, data_dir=data_dir)
 
 
 def _rank_info() -> tuple[int, int, int]:
@@ -538,8 +548,10 @@ class Trainer:
 
         if self.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
+            kind = cfg["model"]["kind"]
+            n_ep = {"frozen": int(cfg["frozen"]["epochs"]), "ridge": 1}.get(kind, int(cfg["optim"]["epochs"]))
             self.status(force=True, state="running", pid=os.getpid(), error=None, started=time.time(),
-                        progress=0.0, epoch=0, epochs=int(cfg["optim"]["epochs"]))
+                        progress=0.0, epoch=0, epochs=n_ep)
         self.ds = load_dataset(cfg["data"])
         self.genes = list(self.ds.genes)
         seed = int(cfg["seed"])
@@ -550,6 +562,7 @@ class Trainer:
         self.y_std = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
         self.Z = ((X - self.y_mean) / self.y_std).astype(np.float32)
         self.grouping, self.groups, self.group_names = _grouping_for(cfg, self.genes)
+        make_augment(cfg["aug"]["policy"], seed, data_dir=self.ds.root)  # unknown policy -> MaiError now
         if cfg["model"]["kind"] == "ridge":
             self.groups, self.group_names = [list(range(len(self.genes)))], ["all"]
 
@@ -728,7 +741,7 @@ class Trainer:
         if self.optimizer is not None and state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state.get("ema"):
-            self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+            self.ema.load(state["ema"], self.device)
         torch.set_rng_state(state["torch_rng"])
         self.best_pcc = state.get("best_val_gene_pcc")
         self.best_epoch = state.get("best_epoch", 0)
@@ -847,7 +860,7 @@ class Trainer:
             perm = self.train_idx[torch.randperm(n_tr, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()]
             if self.world > 1:
                 perm = perm[: per_rank * self.world][self.rank::self.world]
-            aug = make_augment(cfg["aug"]["policy"], seed * 1000 + epoch + 17 * self.rank, device=self.device)
+            aug = make_augment(cfg["aug"]["policy"], seed * 1000 + epoch + 17 * self.rank, data_dir=self.ds.root)
             train_model.train()
             frozen_bn_eval(self._raw().backbone)
             t_ep, n_img, loss_sum, loss_n = time.time(), 0, None, 0
@@ -1120,6 +1133,10 @@ class Trainer:
         final = {"state": "finished", "progress": 1.0, "eta_s": 0, "epoch": epochs, "epochs": epochs,
                  "best_val_gene_pcc": self.best_pcc, "best_epoch": self.best_epoch}
         if len(self.val_idx):
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()  # rank 0 has written the checkpoints
             ck = self.run.best_checkpoint if self.run.best_checkpoint.is_file() else self.run.last_checkpoint
             model = copy.deepcopy(self._raw())
             if self.is_main or self.world > 1:

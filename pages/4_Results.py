@@ -184,11 +184,14 @@ with tab_cmp:
             members = st.multiselect("Member runs", singles, default=singles, key="results_members")
             ens_name = st.text_input("Ensemble name", value="ensemble-" + "-".join(m[:8] for m in members[:3]),
                                      key="results_ens_name")
+            weighting = st.radio("Member weights", ["mean", "val"], horizontal=True, key="results_ens_weights",
+                                 help="mean: equal weights; val: weighted by each run's validation gene PCC")
             build = st.form_submit_button("Build ensemble", type="primary")
         if build:
             try:
                 with st.spinner("Building the ensemble…"):
-                    ens = results.build_ensemble([paths[m] for m in members], runs_dir() / ens_name.strip())
+                    ens = results.build_ensemble([paths[m] for m in members], runs_dir() / ens_name.strip(),
+                                                 weights=weighting)
                 st.success(f"Ensemble **{ens.name}** written to `{ens.path}`.")
                 cmp = results.compare_runs([paths[m] for m in members] + [str(ens.path)])
                 st.dataframe(cmp, hide_index=True, width="stretch")

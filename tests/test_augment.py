@@ -108,6 +108,17 @@ def test_mixup_mixes_targets_like_the_images():
     torch.testing.assert_close(xa.mean(dim=(1, 2, 3)), ya[:, 0])
 
 
+def test_per_sample_hue_shift_matches_torchvision_adjust_hue():
+    import torchvision.transforms.v2.functional as F
+
+    from mai_core.augment import ops
+
+    x = _batch(4, size=16)
+    shifts = torch.tensor([0.1, -0.3, 0.0, 0.5])
+    expected = torch.stack([F.adjust_hue(x[i], float(shifts[i])) for i in range(4)])
+    torch.testing.assert_close(ops._hue(x, shifts), expected, atol=1e-6, rtol=0)
+
+
 def test_hed_deconvolution_round_trips_and_zero_jitter_is_identity():
     x = _batch().clamp(0.02, 1.0)
     torch.testing.assert_close(A.hed_to_rgb(A.rgb_to_hed(x)), x, atol=1e-4, rtol=0)
@@ -219,7 +230,7 @@ def test_fallback_is_used_and_labelled_when_weights_are_absent(scorer):
 
 
 def test_identity_scores_exactly_zero_on_both_metrics(scorer):
-    imgs = _tissue_like(3)
+    imgs = _tissue_like(3, size=64)
     d = scorer.distances(imgs, imgs.copy())
     assert np.all(d["lpips"] == 0.0) and np.all(d["dino"] == 0.0)
     rep = A.score_augmentations(imgs, ["Identity", "GaussianBlur"], k=2, scorer=scorer, batch_size=2)
@@ -239,7 +250,7 @@ def test_strong_hue_shift_is_farther_than_a_flip_on_the_dino_metric(scorer):
 
 
 def test_scores_are_reproducible_for_a_seed(scorer):
-    imgs = _tissue_like(2)
+    imgs = _tissue_like(2, size=64)
     a = A.score_augmentations(imgs, ["ShiftScaleRotate"], k=2, seed=7, scorer=scorer).pairs
     b = A.score_augmentations(imgs, ["ShiftScaleRotate"], k=2, seed=7, scorer=scorer).pairs
     pd.testing.assert_frame_equal(a, b)

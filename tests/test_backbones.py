@@ -188,8 +188,9 @@ def test_package_classifier_is_sensible(no_hub_cache):
     assert (p[0] - p[1]).abs().sum() > 0.2  # the network responds to its input
     if photo is None:
         pytest.skip("no natural sample image available for the ImageNet sanity check")
-    top5 = set(p[2].topk(5).indices.tolist())
-    assert top5 & {698, 442, 483}, top5  # palace, bell cote, castle
+    top = p[2].topk(2)
+    assert set(top.indices.tolist()) <= {698, 442, 483, 663}, top  # palace, bell cote, castle, monastery
+    assert float(top.values.sum()) > 0.3, top  # confident, unlike a randomly initialised network
 
 
 @needs_pkg
@@ -407,3 +408,12 @@ def test_timm_hub_cache_on_disk_is_used_offline(tmp_path, monkeypatch):
     assert model.num_features == 512 and model.num_classes == 0
     assert torch.equal(model.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])
     assert B.plan_weights("resnet18") == ("cache", info.path)
+
+
+@needs_pkg
+def test_timm_kwargs_reach_the_model(no_hub_cache):
+    model, info = B.create_backbone("efficientnet_lite0", weights="package", drop_path_rate=0.1)
+    assert info.source == "package"
+    assert any(type(m).__name__ == "DropPath" for m in model.modules())
+    with pytest.raises(MaiError, match="num_classes"):
+        B.create_backbone("efficientnet_lite0", num_classes=10)

@@ -103,7 +103,7 @@ def test_app_in_real_browser(server, demo_dir):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server["url"], wait_until="domcontentloaded")
             # home page: dataset counts of the demo (120 train / 40 test patches)
-            expect(page.get_by_text("Training patches")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Training patches", exact=True)).to_be_visible(timeout=90_000)
             metrics = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
             assert "120" in metrics and "40" in metrics, metrics
             # the sidebar job list shows the running job and refreshes itself
@@ -124,8 +124,10 @@ def test_app_in_real_browser(server, demo_dir):
             # navigate to the Results page
             page.get_by_role("link", name=re.compile("Results")).first.click()
             expect(page.get_by_role("heading", name=re.compile("Results"))).to_be_visible(timeout=90_000)
-            expect(page.get_by_text("best val gene-PCC").or_(page.get_by_text("No runs yet")).first) \
-                .to_be_visible(timeout=60_000)
+            # the run table lists the (now failed) job's run, with the per-run tabs below it
+            expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("tab", name="Correlation structure")).to_be_visible()
+            expect(page.get_by_role("combobox", name="Run")).to_contain_text("busy")
             # idle: nothing runs, so the server should do (almost) nothing while the page stays open
             time.sleep(3)
             pid = server["proc"].pid

@@ -263,3 +263,25 @@ def test_sigterm_stops_with_checkpoint_and_resume_finishes(demo_dir, ws, tmp_pat
     assert st["state"] == "finished" and st["epoch"] == 3
     assert read_metrics(out)["epoch"].tolist() == [1, 2, 3]
     assert f"resuming at epoch {done_epochs + 1} step {step}" in RunDir(out).read_log()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_gloo_write_one_run(demo_dir, ws, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to the interpreter")
+    out = tmp_path / "ddp"
+    env = dict(os.environ, MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mai_core", "train",
+                           "--data", str(demo_dir), "--out", str(out), "--epochs", "1", "--device", "cpu",
+                           "--tta", "off", *TINY], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "device cpu x2" in RunDir(out).read_log()
+    assert read_metrics(out)["epoch"].tolist() == [1]  # rank 0 alone writes the run directory
+    st = read_status(out)
+    assert st["state"] == "finished"
+    cfg = RunDir(out).read_config()
+    assert cfg["runtime"]["world_size"] == 2
+    # validation predictions were gathered from both ranks: every validation row is present once
+    vp = RunDir(out).read_val_predictions()
+    assert len(vp) == cfg["split"]["n_val"] and vp["ID"].is_unique

@@ -123,10 +123,24 @@ def _saturation(x, factor):
 
 
 def _hue(x, shift):
+    """Per-sample hue rotation (shift = fraction of the colour wheel), as torchvision's adjust_hue."""
+    if _HSV is not None:  # torchvision's own batched RGB<->HSV conversion, one shift per sample
+        rgb_to_hsv, hsv_to_rgb = _HSV
+        h, s, v = rgb_to_hsv(x).unbind(dim=-3)
+        h = (h + _col(shift, x)[:, 0]).remainder_(1.0)
+        return hsv_to_rgb(torch.stack((h, s, v), dim=-3))
     out = torch.empty_like(x)
     for i, h in enumerate(shift.tolist()):
         out[i] = F.adjust_hue(x[i], float(h)) if h != 0 else x[i]
     return out
+
+
+try:  # the conversions adjust_hue is built on; per-image adjust_hue calls are the fallback
+    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+    _HSV = (_rgb_to_hsv, _hsv_to_rgb)
+except ImportError:  # pragma: no cover - depends on the torchvision version
+    _HSV = None
 
 
 # ---------------------------------------------------------------- operations
