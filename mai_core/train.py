@@ -84,7 +84,7 @@ BASE_CONFIG: dict = {
     },
 }
 
-# Recipe chosen by measurement on bench/her2st_accuracy.py (see README "Training recipes").
+# Default recipes; the CPU one is checked against the ridge baseline by bench/her2st_accuracy.py.
 CPU_RECIPE: dict = {
     "model": {"backbone": "efficientnet_lite0", "kind": "finetune", "train_blocks": -1},
     "optim": {"epochs": 8, "batch_size": 32, "lr": 1e-3, "backbone_lr_mult": 0.1, "ema": 0.0},

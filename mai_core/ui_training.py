@@ -129,7 +129,6 @@ def _training_form(ds) -> None:
         where = "started" if info.state == "running" else f"queued (position {info.queue_position})" \
             if info.queue_position else info.state
         st.session_state["_mai_jobs_notice"] = f"Job **{info.id}** {where} on {info.device}."
-        st.session_state["_mai_jobs_selected"] = info.id
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,11 +159,11 @@ def _badge(state: str) -> str:
     return f":{color}-badge[{icon} {state}]"
 
 
-def _job_row(info: jobs.JobInfo, selected: bool) -> None:
+def _job_row(info: jobs.JobInfo) -> None:
     st.markdown(f"**{info.id}** {_badge(info.state)}")
     if info.state == "queued":
         st.caption(f"waiting for {info.device}" + (f" (position {info.queue_position})" if info.queue_position else ""))
-    elif info.state in ("running", "stopped", "failed") or selected:
+    elif info.state in ("running", "stopped", "failed"):
         text = f"epoch {info.epoch or 0}/{info.epochs or '?'}"
         if info.state == "running":
             text += f" · ETA {_fmt_eta(info.eta_s)}"
@@ -175,14 +174,16 @@ def _job_row(info: jobs.JobInfo, selected: bool) -> None:
         st.caption(f"best val gene PCC {info.best_val_gene_pcc:.3f}")
     if info.state == "failed" and info.error:
         st.error(info.error)
-    cols = st.columns(3)
-    if info.is_active and cols[0].button("Stop", key=f"job_stop_{info.id}", width="stretch"):
+    cols = st.columns(2)
+    if info.is_active and cols[0].button("Stop", key=f"job_stop_{info.id}", width="stretch",
+                                         help="checkpoint and stop (queued: leave the queue)"):
         try:
             jobs.stop(info.id)
         except MaiError as exc:
             st.error(exc.render())
         st.rerun(scope="app")
-    if info.resumable and cols[0].button("Resume", key=f"job_resume_{info.id}", width="stretch"):
+    if info.resumable and cols[0].button("Resume", key=f"job_resume_{info.id}", width="stretch",
+                                         help="continue from the last checkpoint"):
         try:
             jobs.resume(info.id)
         except MaiError as exc:
@@ -192,12 +193,13 @@ def _job_row(info: jobs.JobInfo, selected: bool) -> None:
                                              help="remove from this list (the run stays)"):
         jobs.forget(info.id)
         st.rerun(scope="app")
-    if cols[2].button("Details", key=f"job_select_{info.id}", width="stretch"):
-        st.session_state["_mai_jobs_selected"] = None if selected else info.id
-    if selected or info.state == "running":
+    if info.state == "running":
         _curves(info)
-    if selected or info.state == "failed":
-        with st.expander("Log (tail)"):
+    if info.state != "queued":
+        with st.expander("Details" if info.state == "running" else "Curves and log"):
+            if info.state != "running":
+                _curves(info)
+            st.caption(f"`{info.run_dir}`")
             st.code(jobs.log_tail(info, 25) or "(empty)", language=None)
 
 
@@ -218,10 +220,9 @@ def _job_panel(live: bool) -> None:
         return
     # active jobs first, then the most recently queued
     shown = sorted(infos, key=lambda j: (not j.is_active, -(j.queued_at or 0)))[:MAX_JOBS_SHOWN]
-    selected = st.session_state.get("_mai_jobs_selected")
     for info in shown:
         with st.container(border=True):
-            _job_row(info, selected == info.id)
+            _job_row(info)
     if len(infos) > MAX_JOBS_SHOWN:
         st.caption(f"{len(infos) - MAX_JOBS_SHOWN} older jobs: see the Results page or `python -m mai_core jobs list`.")
     if live:

@@ -127,7 +127,7 @@ def test_app_in_real_browser(server, demo_dir):
             # the run table lists the (now failed) job's run, with the per-run tabs below it
             expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=60_000)
             expect(page.get_by_role("tab", name="Correlation structure")).to_be_visible()
-            expect(page.get_by_role("combobox", name="Run")).to_contain_text("busy")
+            expect(page.get_by_role("combobox", name="Run")).to_have_value("busy")
             # idle: nothing runs, so the server should do (almost) nothing while the page stays open
             time.sleep(3)
             pid = server["proc"].pid

@@ -132,10 +132,10 @@ def test_model_without_timm_backbone_uses_last_spatial_layer(images):
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
                                     "elementwise", "eigengradcam", "eigencam"])
 def test_multi_gene_path_equals_per_gene_library_calls(lite0, images, method):
-    genes = ["LINC01770", "KRT19", "PTPRC"]
-    r = lite0.explain(images, genes, method=method)
+    genes = ["LINC01770", "PTPRC"]
+    r = lite0.explain(images[:1], genes, method=method)
     for k, g in enumerate(genes):
-        ref = lite0.library_cams(images, g, method=method)
+        ref = lite0.library_cams(images[:1], g, method=method)
         np.testing.assert_allclose(r.cams[:, k], ref, atol=2e-5, err_msg=f"{method} {g}")
 
 
@@ -313,7 +313,7 @@ def test_cli_unknown_gene_or_id_exits_2_with_close_matches(tiny_run, demo_dir, t
 
     gene = RunDir(tiny_run).read_genes()[0]
     out = tmp_path / "cams"
-    rc = main(["gradcam", "--run", str(tiny_run), "--data", str(demo_dir), "--ids", "train_00000,train_0001x",
+    rc = main(["gradcam", "--run", str(tiny_run), "--data", str(demo_dir), "--ids", "train_00000,train_00001x",
                "--genes", gene[:-1] + "Q", "--out", str(out)])
     assert rc == 2
     err = capsys.readouterr().err

@@ -142,3 +142,23 @@ def test_missing_or_malformed_predictions_raise_clear_errors(tmp_path):
         results.load_val_predictions(run)
     with pytest.raises(MaiError, match="at least two runs"):
         results.build_ensemble([run], tmp_path / "e")
+
+
+def test_build_ensemble_and_compare_with_members(tmp_path):
+    y, genes = _modules()
+    rng = np.random.default_rng(4)
+    members = []
+    for k in range(2):
+        run = _write_run(tmp_path, f"m{k}", y, y + 1.0 * rng.normal(size=y.shape), genes)
+        (run.path / "genes.txt").write_text("".join(g + "\n" for g in genes))
+        run.checkpoints_dir.mkdir()
+        run.best_checkpoint.write_bytes(b"stand-in")  # the ensemble references checkpoints, never reads them here
+        members.append(run)
+    ens = results.build_ensemble(members, tmp_path / "ens")
+    assert ens.kind == "ensemble"
+    cmp = results.compare_runs(members + [ens]).set_index("name")
+    assert cmp.loc["ens", "kind"] == "ensemble"
+    # averaging two independently noisy predictions beats each of them
+    assert cmp.loc["ens", "val_gene_pcc"] > cmp.loc[["m0", "m1"], "val_gene_pcc"].max()
+    with pytest.raises(MaiError, match="already exists"):
+        results.build_ensemble(members, tmp_path / "ens")

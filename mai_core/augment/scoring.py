@@ -153,6 +153,27 @@ class _DinoVit:
         return 0.5 * (fa - fb).pow(2).sum(dim=1)
 
 
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Inference-only speed-up: fold every BatchNorm that directly follows a convolution (same module,
+    adjacent children) into the convolution's weights; a BatchNormAct's activation is kept. Modifies and
+    returns ``model`` (which must be in eval mode and not be trained afterwards)."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (c_name, conv), (b_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.num_features != conv.out_channels or bn.running_mean is None:
+                continue
+            setattr(parent, c_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+                    if m is not None and not isinstance(m, nn.Identity)]
+            setattr(parent, b_name, nn.Sequential(*rest) if rest else nn.Identity())
+    return model
+
+
 class _EfficientNetFeatures:
     """Both substitute metrics from one EfficientNet-Lite0 forward pass."""
 
@@ -162,7 +183,7 @@ class _EfficientNetFeatures:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a random-init warning is surfaced through ``note`` instead
             model, info = create_backbone(FALLBACK_BACKBONE, weights="auto", device=device)
-        self.model = model.eval()
+        self.model = fold_batchnorm(model.eval())
         self.info = info
         self.mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
