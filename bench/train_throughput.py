@@ -103,7 +103,6 @@ def main() -> int:
     ap.add_argument("--naive-steps", type=int, default=6)
     args = ap.parse_args()
 
-    import pandas as pd
     import torch
 
     from mai_core.backbones import resolve_device

@@ -1,10 +1,13 @@
 """A synthetic, fully offline demo dataset in the MAI format, with known ground truth.
 
 Every tile is a 224x224 H&E-like patch rendered from latent tissue regions (tumour, immune
-infiltrate, stroma, lumen/white space) and nuclei drawn inside them. Gene expression is planted on
-top of those regions: five correlated gene modules whose activity is the fraction of the tile covered
-by the region that drives them (the "housekeeping" module follows total nuclear coverage), plus
-sample-level noise factors that no image can explain and pure-noise genes.
+infiltrate, collagenous stroma, lumen/white space, and loose connective tissue filling the rest) and
+nuclei drawn inside them. Gene expression is planted on top: five gene modules. Four are localised:
+their activity is the fraction of the tile covered by the region that drives them. The fifth,
+"housekeeping", follows a per-tile nuclear chromatin factor that sets how dark (and how coarsely
+textured) every nucleus in the tile is, independently of the tissue mix. Each region's share is drawn
+on its own, so module activities are nearly uncorrelated and co-expression can tell the modules apart.
+On top come sample-level noise factors that no image can explain and pure-noise genes.
 
 Output folder (written atomically)::
 
@@ -12,9 +15,11 @@ Output folder (written atomically)::
     test.csv           ID, path (no expression, like the contest)
     test_truth.csv     ID + the test tiles' expression, for evaluation
     images/<ID>.png    224x224 RGB tiles
-    masks/<ID>.npz     one boolean 224x224 array per module: the region driving it in that tile
+    masks/<ID>.npz     one boolean 224x224 array per module: where its signal lives in that tile
+                       (the driving region; all nuclei for housekeeping)
     modules.gmt        the true modules (name, description, genes)
-    activities.csv     ID, split, one column per module (its driving-region fraction)
+    activities.csv     ID, split, one column per module (driving-region fraction; for housekeeping
+                       the chromatin factor in [0, 1])
     truth.json         modules, gene -> module (or null), gene families, seed, generator version
 
 The same seed always gives byte-identical CSVs and identical images.
@@ -32,7 +37,7 @@ import numpy as np
 
 from mai_core.errors import MaiError, Problem
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 TILE = 224
 MIN_GENES = 20
 MAX_GENES = 20000
@@ -41,19 +46,28 @@ MODULES = ("tumour_proliferation", "immune", "stroma_ecm", "lumen_secretory", "h
 MODULE_DESCRIPTIONS = {
     "tumour_proliferation": "tumour epithelium and proliferation; driven by the fraction of the tile that is tumour",
     "immune": "lymphoid/myeloid infiltrate; driven by the fraction covered by dense small-nucleus clusters",
-    "stroma_ecm": "fibroblasts and extracellular matrix; driven by the fraction that is collagenous stroma",
+    "stroma_ecm": "fibroblasts and extracellular matrix; driven by the fraction that is dense collagenous "
+                  "stroma (not the pale loose connective tissue)",
     "lumen_secretory": "secretory/luminal genes; driven by the fraction that is lumen or white space",
-    "housekeeping": "mitochondrial, ribosomal and other abundant transcripts; driven by total nuclear coverage",
+    "housekeeping": "mitochondrial, ribosomal and other abundant transcripts; driven by the tile's nuclear "
+                    "chromatin factor (darker, coarser hematoxylin in every nucleus), not by any region's area",
 }
-# The region each module reads its activity from; "nuclei" is the union of all nuclei.
+# Where each module's signal lives (its mask); "nuclei" is the union of all nuclei.
 MODULE_REGION = {
     "tumour_proliferation": "tumour", "immune": "immune", "stroma_ecm": "stroma",
     "lumen_secretory": "lumen", "housekeeping": "nuclei",
 }
+MODULE_ACTIVITY = {
+    "tumour_proliferation": "fraction of the tile that is tumour", "immune": "fraction that is immune infiltrate",
+    "stroma_ecm": "fraction that is collagenous stroma", "lumen_secretory": "fraction that is lumen",
+    "housekeeping": "nuclear chromatin factor in [0, 1] (scales hematoxylin darkness of all nuclei)",
+}
+# Most of a tile the four tissue regions may cover together; the rest is loose connective tissue.
+_MAX_TISSUE = 0.97
 # Approximate mean and standard deviation of each module's activity under the tile prior below;
 # fixed (not estimated from the generated data) so a tile's expression depends only on the tile.
-_ACT_MEAN = np.array([0.24, 0.10, 0.60, 0.05, 0.22])
-_ACT_STD = np.array([0.27, 0.15, 0.32, 0.08, 0.12])
+_ACT_MEAN = np.array([0.22, 0.09, 0.31, 0.055, 0.5])
+_ACT_STD = np.array([0.23, 0.13, 0.23, 0.09, 0.25])
 
 # ----------------------------------------------------------------------------------------------
 # Gene names
@@ -372,21 +386,29 @@ def render_tile(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndar
     """
     from PIL import Image, ImageFilter
 
-    # 1. Latent regions: how much of the tile each tissue type covers, then where.
-    lumen_f = rng.beta(1.3, 5.0) * 0.6 if rng.random() < 0.4 else 0.0
-    tumour_f = rng.beta(1.5, 1.5) * 0.95 if rng.random() < 0.55 else 0.0
-    immune_f = rng.beta(1.3, 3.5) * 0.85 if rng.random() < 0.45 else 0.0
-    total = lumen_f + tumour_f + immune_f
-    if total > 0.95:
-        lumen_f, tumour_f, immune_f = (x * 0.95 / total for x in (lumen_f, tumour_f, immune_f))
+    # 1. Latent regions. Each tissue's share of the tile is drawn on its own (so module activities
+    # are nearly independent rather than parts of a whole); whatever is left over is loose connective
+    # tissue, which drives no module. Placement: highest values of a smooth random field per region.
+    tumour_f = rng.beta(1.4, 1.6) * 0.95 if rng.random() < 0.6 else 0.0
+    immune_f = rng.beta(1.3, 3.0) * 0.8 if rng.random() < 0.45 else 0.0
+    stroma_f = rng.beta(1.4, 1.6) * 0.95 if rng.random() < 0.8 else 0.0
+    lumen_f = rng.beta(1.3, 4.0) * 0.6 if rng.random() < 0.4 else 0.0
+    total = tumour_f + immune_f + stroma_f + lumen_f
+    if total > _MAX_TISSUE:
+        tumour_f, immune_f, stroma_f, lumen_f = (x * _MAX_TISSUE / total
+                                                 for x in (tumour_f, immune_f, stroma_f, lumen_f))
+    # Nuclear chromatin factor: how densely every nucleus in the tile takes up hematoxylin, a
+    # per-tile trait independent of the tissue mix (drives the housekeeping module).
+    chromatin_f = float(rng.beta(1.5, 1.5))
     available = np.ones((TILE, TILE), dtype=bool)
     regions = {}
     for name, frac, grid in (("lumen", lumen_f, int(rng.integers(4, 8))),
                              ("tumour", tumour_f, int(rng.integers(3, 6))),
-                             ("immune", immune_f, int(rng.integers(4, 7)))):
+                             ("immune", immune_f, int(rng.integers(4, 7))),
+                             ("stroma", stroma_f, int(rng.integers(3, 6)))):
         regions[name] = _take_quantile(_smooth_field(rng, grid), available, frac)
         available &= ~regions[name]
-    regions["stroma"] = available
+    regions["loose"] = available
 
     # 2. Nuclei per region (hematoxylin concentration on a padded canvas).
     canvas = np.zeros(_CANVAS * _CANVAS, dtype=np.float32)
@@ -405,13 +427,19 @@ def render_tile(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndar
     a = rng.uniform(3.2, 5.0, n).astype(np.float32)
     _stamp_nuclei(canvas, rng, xs, ys, a, a * rng.uniform(0.8, 1.0, n).astype(np.float32),
                   rng.uniform(0, np.pi, n), rng.uniform(0.95, 1.3, n).astype(np.float32), irregular=0.05)
-    # Stroma: sparse spindle-shaped fibroblast nuclei along the fibres.
+    # Collagenous stroma: sparse spindle-shaped fibroblast nuclei along the fibres.
     n = int(rng.poisson(area["stroma"] * rng.uniform(0.04, 0.09) / (np.pi * 8.0 * 2.4)))
     xs, ys = _sample_points(rng, regions["stroma"], n)
     _stamp_nuclei(canvas, rng, xs, ys, rng.uniform(5.5, 11.0, n).astype(np.float32),
                   rng.uniform(1.7, 3.0, n).astype(np.float32),
                   fib_theta + rng.normal(0, 0.25, n), rng.uniform(0.7, 1.0, n).astype(np.float32),
                   irregular=0.05)
+    # Loose connective tissue: a few scattered small oval or spindle nuclei in any direction.
+    n = int(rng.poisson(area["loose"] * rng.uniform(0.01, 0.03) / (np.pi * 5.0 * 2.8)))
+    xs, ys = _sample_points(rng, regions["loose"], n)
+    a = rng.uniform(3.5, 7.0, n).astype(np.float32)
+    _stamp_nuclei(canvas, rng, xs, ys, a, a * rng.uniform(0.4, 0.8, n).astype(np.float32),
+                  rng.uniform(0, np.pi, n), rng.uniform(0.7, 1.0, n).astype(np.float32), irregular=0.05)
     # Epithelial lining around lumens (cells outside the lumen, touching it).
     if area["lumen"] > 0:
         ring = (_box_blur(regions["lumen"].astype(np.float32), 4) > 0.01) & ~regions["lumen"]
@@ -422,14 +450,19 @@ def render_tile(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndar
                       rng.uniform(0, np.pi, n), rng.uniform(0.7, 1.0, n).astype(np.float32), irregular=0.08)
     nuc = canvas.reshape(_CANVAS, _CANVAS)[_PAD:-_PAD, _PAD:-_PAD]
     nuclei = nuc > 0.25
-    chromatin = 0.8 + 0.4 * _smooth_field(rng, 90)
-    hema = nuc * chromatin
+    # The chromatin factor darkens every nucleus and coarsens its chromatin texture.
+    grain = _smooth_field(rng, 90) - 0.5
+    hema = nuc * ((0.55 + 0.9 * chromatin_f) * (1.0 + (0.3 + 0.5 * chromatin_f) * grain))
 
     # 3. Eosin (cytoplasm, collagen) and faint background hematoxylin per region.
     stroma_level = rng.uniform(0.28, 0.45)
     eosin = regions["stroma"] * (stroma_level * (0.35 + 0.85 * fib))
     eosin += regions["tumour"] * (rng.uniform(0.16, 0.26) * (0.75 + 0.5 * _smooth_field(rng, 20)))
     eosin += regions["immune"] * rng.uniform(0.12, 0.2)
+    # Loose connective tissue: pale, thin wavy fibres in any direction, with open gaps.
+    loose_fib, _ = _fibres(rng)
+    gaps = np.clip(2.4 * _smooth_field(rng, int(rng.integers(10, 18))) - 0.6, 0.0, 1.0)
+    eosin += regions["loose"] * (rng.uniform(0.05, 0.08) + rng.uniform(0.12, 0.2) * loose_fib ** 1.5 * gaps)
     if rng.random() < 0.35:  # pale eosinophilic secretion in some lumens
         eosin += regions["lumen"] * (0.12 * _smooth_field(rng, 8))
     else:
@@ -443,7 +476,7 @@ def render_tile(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndar
     e_vec = _E_VEC + rng.normal(0, 0.04, 3)
     h_vec = np.abs(h_vec) / np.linalg.norm(h_vec)
     e_vec = np.abs(e_vec) / np.linalg.norm(e_vec)
-    od = ((hema + back_h)[..., None] * (h_vec * rng.uniform(0.85, 1.15)).astype(np.float32)
+    od = ((hema + back_h)[..., None] * (h_vec * rng.uniform(0.9, 1.1)).astype(np.float32)
           + eosin[..., None] * (e_vec * rng.uniform(0.8, 1.2)).astype(np.float32) + 0.025)
     rgb = 255.0 * np.exp(-np.log(10.0) * od)
     rgb += rng.normal(0, 2.5, rgb.shape).astype(np.float32)
@@ -455,7 +488,7 @@ def render_tile(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndar
         "tumour_proliferation": regions["tumour"], "immune": regions["immune"],
         "stroma_ecm": regions["stroma"], "lumen_secretory": regions["lumen"], "housekeeping": nuclei,
     }
-    activities = np.array([masks[m].mean() for m in MODULES])
+    activities = np.array([masks[m].mean() if m != "housekeeping" else chromatin_f for m in MODULES])
     return image, masks, activities
 
 
@@ -648,6 +681,7 @@ def generate_demo(out, n_train: int = 600, n_test: int = 200, n_genes: int = 500
             "seed": int(seed),
             "n_train": int(n_train), "n_test": int(n_test), "n_genes": int(n_genes),
             "modules": [{"name": m, "description": MODULE_DESCRIPTIONS[m], "region": MODULE_REGION[m],
+                         "activity": MODULE_ACTIVITY[m],
                          "n_genes": int((spec.module == mi).sum())} for mi, m in enumerate(MODULES)],
             "gene_module": {g: (MODULES[m] if m >= 0 else None) for g, m in zip(spec.names, spec.module)},
             "gene_family": dict(zip(spec.names, spec.family)),

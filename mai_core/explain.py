@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,6 +456,7 @@ class CamExplainer:
         self._cache: OrderedDict = OrderedDict()  # (image, gene index, method) -> tuple of raw layer maps
         self._pred_cache: OrderedDict = OrderedDict()  # image -> float32 G
         self._cam_objects: dict = {}
+        self._lock = threading.RLock()  # one computation at a time (pages share an explainer across sessions)
         self.stats = {"computed": 0, "memory_hits": 0, "disk_hits": 0, "forwards": 0, "backwards": 0}
         self.predictor = None
 
@@ -501,6 +503,10 @@ class CamExplainer:
     def explain(self, images, genes: Sequence[str | int], method: str = "gradcam",
                 progress: bool = False) -> CamResult:
         """CAMs for every (image, gene): one forward per image batch, one short backward per gene."""
+        with self._lock:
+            return self._explain(images, genes, method, progress)
+
+    def _explain(self, images, genes, method, progress) -> CamResult:
         spec = check_method(method)
         idx = self.gene_indices(genes)
         x = to_input(images, "cpu")

@@ -510,8 +510,8 @@ def job_info(job_id_or_record) -> JobInfo:
     sstate = status.get("state")
     if rstate == "queued":
         info.state = "queued"
-        same = [r for r in _all_records() if r.get("device") == info.device and r.get("state") == "queued"]
-        info.queue_position = 1 + [r["id"] for r in same].index(rec["id"]) if rec["id"] in [r["id"] for r in same] else None
+        waiting = [r["id"] for r in _all_records() if r.get("device") == info.device and r.get("state") == "queued"]
+        info.queue_position = waiting.index(rec["id"]) + 1 if rec["id"] in waiting else None
         info.progress = float(status.get("progress") or 0.0) if rec.get("resume") else 0.0
     elif rstate == "cancelled":
         info.state = "stopped"
@@ -542,7 +542,8 @@ def job_info(job_id_or_record) -> JobInfo:
     if info.state == "finished":
         info.progress = 1.0
         info.eta_s = 0.0
-    info.resumable = info.state in ("stopped", "failed") and (run.last_checkpoint.is_file() or run.last_state.is_file())
+    # `train --resume` continues from checkpoints/last_state.pt (optimizer, schedule, epoch)
+    info.resumable = info.state in ("stopped", "failed") and run.last_state.is_file()
     return info
 
 
@@ -608,7 +609,7 @@ def resume(job_id: str, spawn: bool = True) -> JobInfo:
                            hint="only stopped or failed jobs can be resumed")
         if rec.get("state") != "cancelled" and not info.resumable:
             raise MaiError(f"job '{job_id}' has no checkpoint to resume from",
-                           [Problem(str(info.run_dir / "checkpoints"), "no last checkpoint",
+                           [Problem(str(info.run_dir / "checkpoints" / "last_state.pt"), "not found",
                                     "start a new run instead")])
         argv = list(rec["argv"])
         if rec.get("state") != "cancelled" and "--resume" not in argv:

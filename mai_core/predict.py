@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -100,8 +99,6 @@ def _groups_for(run: RunDir, genes: list[str]) -> list[list[int]]:
 def build_run_model(run: RunDir, cfg: dict, genes: list[str]):
     """A GeneModel with the run's architecture and its prediction weights (CPU)."""
     import warnings
-
-    import torch
 
     from mai_core.model import GeneModel, load_state
 

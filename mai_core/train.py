@@ -282,6 +282,10 @@ def make_split(ds, split_cfg: dict, seed: int) -> tuple[np.ndarray, np.ndarray, 
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
+class _StoppedEarly(Exception):
+    """Raised when a stop signal arrives before the first training step (nothing to checkpoint)."""
+
+
 class _StopFlag:
     """Set by SIGTERM/SIGINT; a second SIGINT interrupts immediately."""
 
@@ -766,12 +770,18 @@ class Trainer:
             self.best_pcc, self.best_epoch = None, 0
             self.ema, self.optimizer = None, None
             kind = self.cfg["model"]["kind"]
-            if kind == "ridge":
-                self._train_ridge()
-            elif kind == "frozen":
-                self._train_frozen()
-            else:
-                self._train_finetune()
+            try:
+                if kind == "ridge":
+                    self._train_ridge()
+                elif kind == "frozen":
+                    self._train_frozen()
+                else:
+                    self._train_finetune()
+            except _StoppedEarly:
+                self.status(force=True, state="stopped", error=None, eta_s=None)
+                self.log(f"stopped by {self.stop.signal} before the first training step; nothing to resume, "
+                         "start the run again")
+                return self.run
             if self.stop.set:
                 self.status(force=True, state="stopped", error=None, eta_s=None)
                 self.log(f"stopped by {self.stop.signal}; checkpoint written, continue with --resume")
@@ -806,7 +816,7 @@ class Trainer:
                 p.requires_grad_(False)
         return groups
 
-    def _make_optimizer(self, groups, lr_key="lr"):
+    def _make_optimizer(self, groups):
         import torch
 
         kw = {"weight_decay": float(self.cfg["optim"]["weight_decay"])}
@@ -847,6 +857,8 @@ class Trainer:
         if cfg["runtime"].get("compile"):
             train_model = torch.compile(train_model)
         self._images()
+        if self.stop.set and not self.resume:
+            raise _StoppedEarly
         max_min = cfg["runtime"].get("max_train_minutes")
         deadline = None if not max_min else self._t0 + 60.0 * float(max_min) - getattr(self, "_elapsed_before", 0.0)
         clip = float(o["grad_clip"])
@@ -960,8 +972,6 @@ class Trainer:
     # -- frozen features ------------------------------------------------------------------------
     def _features(self, views: int) -> np.ndarray:
         """Backbone features of every training image under ``views`` dihedral views: V×N×F (cached)."""
-        import torch
-
         from mai_core import backbones
         from mai_core.workspace import cache_dir
 
@@ -973,6 +983,8 @@ class Trainer:
         feats = []
         fe = None
         for v in range(views):
+            if self.stop.set:
+                raise _StoppedEarly
             target = cache_dir() / "features" / f"train_{key}_view{v}.npy"
             if target.is_file():
                 arr = np.load(target)
@@ -1037,7 +1049,8 @@ class Trainer:
         seed = int(cfg["seed"])
         gstep = start_epoch * steps_per_epoch
         Zt = torch.from_numpy(self.Z)
-        t_start = time.time()
+        t_start = last_save = time.time()
+        best_sd = None
         for epoch in range(start_epoch, epochs):
             g = torch.Generator().manual_seed(seed * 7919 + epoch)
             torch.manual_seed(seed * 1000 + epoch)
@@ -1078,16 +1091,25 @@ class Trainer:
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, loss_n), "val_loss": val_loss,
                    "val_gene_pcc": val_pcc, "lr": float(self.optimizer.param_groups[0]["lr"]),
                    "imgs_per_s": n_tr / max(dt, 1e-9), "time": round(self.elapsed(), 2)}
+            if is_best:
+                best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if self.is_main:
                 append_metrics(self.run, row)
                 self.run.log(f"epoch {epoch + 1}/{epochs}: train_loss {row['train_loss']:.4f} "
                              f"val_gene_pcc {val_pcc:.4f}")
-                if is_best or epoch + 1 == epochs or time.time() - self._last_status >= 1.0:
-                    self.save_checkpoint(epoch + 1, 0, gstep, best=is_best)
+                if epoch + 1 == epochs or time.time() - last_save >= 5.0:
+                    self.save_checkpoint(epoch + 1, 0, gstep)
+                    last_save = time.time()
                 rate = (time.time() - t_start) / (epoch + 1 - start_epoch)
                 self.status(state="running", epoch=epoch + 1, epochs=epochs, progress=(epoch + 1) / epochs,
                             eta_s=round(rate * (epochs - epoch - 1), 1), best_val_gene_pcc=self.best_pcc,
                             force=epoch + 1 == epochs)
+        if self.is_main and best_sd is not None:
+            from mai_core.model import save_state
+
+            best_model = copy.deepcopy(model)
+            best_model.load_state_dict(best_sd)
+            save_state(best_model, self.run.best_checkpoint)
         self.log(f"frozen heads: best val gene PCC {self.best_pcc} at epoch {self.best_epoch}")
 
     # -- ridge baseline -------------------------------------------------------------------------
@@ -1168,13 +1190,11 @@ def _np_dihedral(imgs: np.ndarray, v: int) -> np.ndarray:
 
 
 def _SharedExtractor(model):
-    """A backbones.FeatureExtractor over the GeneModel's own backbone and normalisation."""
+    """A backbones.FeatureExtractor over the GeneModel's own backbone and input normalisation."""
     from mai_core import backbones
 
-    info = model  # normalisation buffers live on the GeneModel
-    fe = backbones.FeatureExtractor(model.backbone, tuple(info.in_mean.flatten().tolist()),
-                                    tuple(info.in_std.flatten().tolist()))
-    return fe
+    return backbones.FeatureExtractor(model.backbone, tuple(model.in_mean.flatten().tolist()),
+                                      tuple(model.in_std.flatten().tolist()))
 
 
 def train(config: dict, out, resume: bool = False, progress: bool = True) -> RunDir:

@@ -126,7 +126,7 @@ max_lpips = t1.slider(f"Max LPIPS ({report.lpips_model})", 0.0, round(lp_top, 4)
                       step=round(lp_top / 200, 5), format="%.4f", key="max_lpips")
 max_dino = t2.slider(f"Max DINO ({report.dino_model})", 0.0, round(dn_top, 4), round(dn_top, 4),
                      step=round(dn_top / 200, 5), format="%.4f", key="max_dino")
-kept = A.kept_mask(summary, max_lpips, max_dino).to_numpy() & (summary["aug"] != "Identity").to_numpy()
+kept = A.kept_mask(summary, max_lpips, max_dino).to_numpy()
 status = pd.Series(kept, index=summary["aug"]).map({True: "kept", False: "rejected"})
 table = summary.assign(kept=kept)
 
@@ -139,7 +139,7 @@ for col, metric, limit, model in ((p1, "lpips", max_lpips, report.lpips_model),
                  category_orders={"aug": list(summary["aug"])}, points="outliers",
                  title=f"{metric.upper()} per image ({model})")
     fig.add_hline(y=limit, line_dash="dash", annotation_text="threshold")
-    fig.update_layout(xaxis_title="", yaxis_title="distance", height=380, legend_title_text="")
+    fig.update_layout(xaxis_title="", yaxis_title="distance", height=380, legend_title_text="", boxmode="overlay")
     col.plotly_chart(fig, key=f"box_{metric}")
 
 bar = px.scatter(table.assign(status=status.to_numpy()), x="lpips_mean", y="dino_mean", text="aug",

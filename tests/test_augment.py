@@ -287,6 +287,49 @@ def test_lpips_uses_cached_alexnet_weights_and_matches_the_lpips_package(tmp_pat
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_dino_metric_uses_an_explicit_weights_file(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    vit = timm.create_model(scoring.DINO_ARCH, pretrained=False, num_classes=0)
+    weights = tmp_path / "dino.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    sc = A.PerceptualScorer(device="cpu", dino_weights=weights)
+    assert sc.dino_model == A.DINO_REAL and not sc.dino_fallback
+    assert sc.lpips_fallback  # the two metrics fall back independently
+    imgs = _tissue_like(2, size=64)
+    d = sc.distances(imgs, imgs[:, ::-1].copy())
+    assert np.all(d["dino"] > 0) and np.all(sc.distances(imgs, imgs)["dino"] == 0)
+    with pytest.raises(MaiError, match="not found"):
+        A.PerceptualScorer(device="cpu", dino_weights=tmp_path / "missing.safetensors")
+
+
+def test_batchnorm_folding_keeps_the_features():
+    import copy
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    for m in model.modules():  # non-trivial statistics so that folding has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    folded = scoring.fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = _batch(2, size=64)
+    with torch.no_grad():
+        ref_final, ref_inter = model.forward_intermediates(x)
+        new_final, new_inter = folded.forward_intermediates(x)
+    torch.testing.assert_close(new_final, ref_final, atol=1e-4, rtol=1e-4)
+    for a, b in zip(new_inter, ref_inter):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------- selection
 
 def test_select_policy_keeps_augmentations_under_thresholds():
@@ -317,7 +360,8 @@ def test_cli_writes_scores_csv_and_saves_policy(demo_dir, workspace, tmp_path, n
     assert (df["n"] == 3).all() and (df["k"] == 1).all()
     assert df["lpips_model"].str.startswith(A.LPIPS_FALLBACK).all()
     pol = A.load_policy("lab_pick")
-    kept = df[df["kept"] & (df["aug"] != "Identity")]["aug"].tolist()
+    assert not df.set_index("aug").loc["Identity", "kept"]  # never part of a policy
+    kept = df[df["kept"]]["aug"].tolist()
     assert [it.aug for it in pol.items] == kept
     assert "saved policy lab_pick" in capsys.readouterr().out
 

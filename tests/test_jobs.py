@@ -36,7 +36,7 @@ FAKE_TRAIN = textwrap.dedent(
         open(p + ".tmp", "w").write(json.dumps(old)); os.replace(p + ".tmp", p)
     start = 0
     if "--resume" in args:
-        start = int(open(os.path.join(out, "checkpoints", "last.safetensors")).read())
+        start = int(open(os.path.join(out, "checkpoints", "last_state.pt")).read())
         print("resuming from epoch", start, flush=True)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
@@ -46,7 +46,7 @@ FAKE_TRAIN = textwrap.dedent(
         if fail_at == e:
             print("Traceback (most recent call last):\\n  File x\\nValueError: bad batch shape", flush=True)
             sys.exit(1)
-        open(os.path.join(out, "checkpoints", "last.safetensors"), "w").write(str(e))
+        open(os.path.join(out, "checkpoints", "last_state.pt"), "w").write(str(e))
         status(epoch=e, progress=e / epochs, eta_s=(epochs - e) * step, best_val_gene_pcc=0.1 * e)
         print("epoch", e, flush=True)
         if stopping:
@@ -225,3 +225,12 @@ def test_cli_list_stop_resume(workspace, fake_train, capsys):
     assert main(["jobs", "stop", "nope"]) == 2
     assert "no job named 'nope'" in capsys.readouterr().err
     jobs.stop("c", wait_s=10)
+
+
+def test_jobs_on_different_devices_run_side_by_side(workspace, fake_train):
+    _submit(workspace, fake_train, "on-cpu", epochs=6, step=0.3, device="cpu")
+    other = _submit(workspace, fake_train, "on-gpu", epochs=6, step=0.3, device="cuda:1")
+    assert other.device == "cuda:1"
+    # each device has its own queue: both run at the same time
+    _wait_for(lambda: jobs.job_info("on-cpu").state == "running" and jobs.job_info("on-gpu").state == "running")
+    assert jobs.wait("on-cpu", 30).state == "finished" and jobs.wait("on-gpu", 30).state == "finished"

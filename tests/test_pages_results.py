@@ -6,6 +6,7 @@ The ``slow`` tests use the real ``python -m mai_core train`` on the demo data wi
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -141,6 +142,15 @@ def test_sidebar_job_runs_to_completion_and_appears_in_results(app_env):
     assert np.isfinite(table.loc["e2e", "best val gene-PCC"])
     assert len(read_metrics(run.path)) == 1
     assert any(m.label == "mean gene PCC" for m in at.metric)
+    # submission for the dataset's test.csv, predicted by the finished run
+    at.selectbox(key="results_sub_run").set_value("e2e")
+    at.button(key="results_sub_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    fname, data = at.session_state["results_submission"]
+    sub = pd.read_csv(io.BytesIO(data))
+    test_ids = pd.read_csv(Path(os.environ["MAI_DATA"]) / "test.csv")["ID"].astype(str).tolist()
+    assert fname == "submission-e2e.csv" and sub["ID"].astype(str).tolist() == test_ids
+    assert list(sub.columns[1:]) == run.read_genes() and np.isfinite(sub.iloc[:, 1:].to_numpy()).all()
 
 
 @pytest.mark.slow

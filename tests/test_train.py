@@ -212,13 +212,15 @@ def test_grouped_heads_and_frozen_model(demo_dir, ws, run1):
     Grouping(genes[:40], [str(i % 3) for i in range(40)], "test").save(gpath)
     out = ws / "runs" / "frozen"
     assert main(["train", "--data", str(demo_dir), "--out", str(out), "--model", "frozen", "--grouping", str(gpath),
-                 "--aug-policy", "none", *TINY]) == 0
+                 "--aug-policy", "none", "--epochs", "15", *TINY]) == 0
     r = RunDir(out)
     g = pd.read_csv(r.grouping_path)
     assert g["gene"].tolist() == genes
     assert sorted(set(g["group"])) == ["0", "1", "2", "ungrouped"]
     assert r.read_config()["grouping"]["n_groups"] == 4
     assert read_status(r)["state"] == "finished"
+    assert read_metrics(r)["epoch"].tolist() == list(range(1, 16))  # --epochs applies to the frozen heads
+    assert r.best_checkpoint.is_file() and r.last_checkpoint.is_file()
     from mai_core.runs import load_predictor
 
     p = load_predictor(out, device="cpu")
@@ -285,3 +287,58 @@ def test_torchrun_two_processes_on_gloo_write_one_run(demo_dir, ws, tmp_path):
     # validation predictions were gathered from both ranks: every validation row is present once
     vp = RunDir(out).read_val_predictions()
     assert len(vp) == cfg["split"]["n_val"] and vp["ID"].is_unique
+
+
+def test_config_precedence_defaults_then_file_then_flags(tmp_path):
+    from mai_core.train import resolve_config
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("optim:\n  epochs: 5\n  lr: 0.01\nloss:\n  alpha: 0.2\n")
+    cfg = resolve_config({"optim": {"epochs": 3}}, cfg_file, device_type="cpu")
+    assert cfg["optim"]["epochs"] == 3  # flag beats file
+    assert cfg["optim"]["lr"] == 0.01  # file beats default
+    assert cfg["loss"]["alpha"] == 0.2 and cfg["loss"]["beta"] == 0.5  # untouched default kept
+    assert cfg["model"]["backbone"] == "efficientnet_lite0"  # CPU recipe
+
+
+def test_config_file_typos_are_reported(tmp_path):
+    from mai_core.errors import MaiError
+    from mai_core.train import resolve_config
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("optim:\n  epoch: 5\nmodle:\n  kind: ridge\n")
+    with pytest.raises(MaiError) as exc:
+        resolve_config({}, cfg_file, device_type="cpu")
+    text = exc.value.render()
+    assert "optim.epoch" in text and "modle" in text
+
+
+def test_split_modes(demo_dir):
+    from mai_core.dataset import load_dataset
+    from mai_core.errors import MaiError
+    from mai_core.train import make_split
+
+    ds = load_dataset(demo_dir)
+    tr, va, _ = make_split(ds, {"val_fraction": 0.25}, seed=3)
+    tr2, va2, _ = make_split(ds, {"val_fraction": 0.25}, seed=3)
+    assert len(va) == 30 and not set(tr) & set(va) and (va == va2).all()  # seeded, disjoint
+    folds = [make_split(ds, {"folds": 4, "fold": i}, seed=0)[1] for i in range(4)]
+    assert sorted(np.concatenate(folds).tolist()) == list(range(120))  # folds partition the data
+    with pytest.raises(MaiError) as exc:
+        make_split(ds, {"val_sections": "C5"}, seed=0)
+    assert "section" in exc.value.render()
+
+
+def test_split_by_section_holds_out_whole_sections():
+    from types import SimpleNamespace
+
+    from mai_core.errors import MaiError
+    from mai_core.train import make_split
+
+    df = pd.DataFrame({"ID": [f"s{i}" for i in range(12)], "section": ["C2", "C3", "C4", "C5"] * 3})
+    ds = SimpleNamespace(n_train=12, train=df, root=Path("."))
+    tr, va, desc = make_split(ds, {"val_sections": "C5,C4"}, seed=0)
+    assert set(df["section"].iloc[va]) == {"C4", "C5"} and set(df["section"].iloc[tr]) == {"C2", "C3"}
+    with pytest.raises(MaiError) as exc:
+        make_split(ds, {"val_sections": "C9"}, seed=0)
+    assert "C9" in exc.value.render() and "C2" in exc.value.render()

@@ -232,9 +232,10 @@ def list_policies(search_dirs=None, data_dir=None) -> list[str]:
 
 
 def kept_mask(scores, max_lpips: float | None = None, max_dino: float | None = None):
-    """Boolean Series: augmentations whose mean LPIPS and DINO distances are within the thresholds
-    (a threshold of None does not constrain). ``scores`` is a summary from score_augmentations."""
-    keep = scores["aug"].notna()
+    """Boolean Series: augmentations a policy would keep -- mean LPIPS and DINO distances within the
+    thresholds (None does not constrain); Identity is never kept (it does nothing).
+    ``scores`` is a summary table from score_augmentations / augment-score."""
+    keep = scores["aug"].notna() & (scores["aug"] != "Identity")
     if max_lpips is not None:
         keep &= scores["lpips_mean"] <= max_lpips
     if max_dino is not None:
@@ -255,7 +256,7 @@ def select_policy(scores_df, max_lpips: float | None, max_dino: float | None, na
     items = []
     for _, row in scores_df[keep].iterrows():
         spec = AUGMENTATIONS.get(row["aug"])
-        if spec is None or spec.name == "Identity":
+        if spec is None:
             continue
         params = {}
         raw = row.get("params") if "params" in scores_df.columns else None

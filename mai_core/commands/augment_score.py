@@ -94,8 +94,9 @@ def run(args) -> int:
     print(f"LPIPS column: {scorer.lpips_model}; DINO column: {scorer.dino_model} (device {scorer.device})",
           file=sys.stderr)
     if scorer.uses_fallback:
-        for note in scorer.notes:
-            print(f"warning: {note}", file=sys.stderr)
+        print("warning: substitute metric in use (labelled in the lpips_model / dino_model columns)", file=sys.stderr)
+    for note in scorer.notes:
+        print(f"  note: {note}", file=sys.stderr)
     report = score_dataset(ds, n=args.n, k=args.k, augs=augs, seed=args.seed, scorer=scorer,
                            batch_size=args.batch_size, progress=True)
     summary = report.summary

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def overrides_from_args(args) -> dict:
     """Only the flags the user gave, as a nested config dict."""
     o: dict = {"model": {}, "loss": {}, "optim": {}, "aug": {}, "split": {}, "grouping": {}, "runtime": {},
-               "predict": {}}
+               "predict": {}, "frozen": {}}
 
     def put(section, key, value):
         if value is not None:
@@ -92,6 +92,9 @@ def overrides_from_args(args) -> dict:
         o["runtime"]["compile"] = True
     if args.tta is not None:
         o["predict"]["tta"] = args.tta == "on"
+    if args.model == "frozen":  # frozen heads keep their own (longer) schedule; explicit flags apply to it
+        o["frozen"] = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+                       if v is not None}
     if args.seed is not None:
         o["seed"] = args.seed
     if args.train_blocks is not None:
@@ -115,10 +118,12 @@ def run(args) -> int:
         cfg = resolve_config(overrides, args.config, base={k: v for k, v in stored.items()
                                                            if k not in ("kind",)} | {"kind": "run"})
     else:
-        if not args.data:
-            raise MaiError("--data is required", [Problem("--data", "missing", "pass the dataset folder")])
-        overrides["data"] = str(Path(args.data).resolve())
+        if args.data:
+            overrides["data"] = str(Path(args.data).resolve())
         cfg = resolve_config(overrides, args.config)
+        if not cfg.get("data"):
+            raise MaiError("no dataset given", [Problem("--data", "missing", "pass the dataset folder with --data "
+                                                                           "(or set data: in the --config file)")])
     try:
         train(cfg, out, resume=args.resume, progress=not args.quiet)
     except MaiError:

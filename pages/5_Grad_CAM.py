@@ -1,0 +1,190 @@
+import streamlit as st
+
+from mai_core import ui
+
+ds = ui.page_setup("Grad-CAM")
+
+import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+
+from mai_core import explain  # noqa: E402
+from mai_core.errors import MaiError  # noqa: E402
+from mai_core.runs import RunDir, list_runs  # noqa: E402
+from mai_core.workspace import cache_dir  # noqa: E402
+
+MAX_GENES = 24
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def get_explainer(run_path: str, run_key: str, layer: str) -> explain.CamExplainer:
+    return explain.CamExplainer.from_run(run_path, layer=layer or None, device="auto",
+                                         disk_cache=cache_dir() / "gradcam")
+
+
+@st.cache_data(show_spinner="Computing maps…", max_entries=64)
+def get_cams(run_path: str, run_key: str, layer: str, data_root: str, fingerprint: str, split: str,
+             ids: tuple[str, ...], genes: tuple[str, ...], method: str):
+    data = ui.cached_dataset(data_root)
+    images = np.stack([data.image(i, split) for i in ids])
+    result = get_explainer(run_path, run_key, layer).explain(images, list(genes), method=method)
+    return images, result.cams, result.predicted, result.layer
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def run_grouping(path: str, stamp: int):
+    from mai_core.grouping import load_grouping
+
+    return load_grouping(path).members()
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def demo_truth(root: str, stamp: int):
+    try:
+        return explain.gene_modules(root)
+    except MaiError:
+        return {}
+
+
+def usable(run: RunDir) -> bool:
+    return run.genes_path.is_file() and (run.model_checkpoint() is not None or run.kind == "ensemble")
+
+
+runs = [r for r in list_runs() if usable(r)]
+if not runs:
+    st.info("No trained runs yet. Train one from **Training** in the sidebar (or `python -m mai_core train`), "
+            "then come back to see which tissue drives each gene's prediction.")
+    st.stop()
+
+# ---------------------------------------------------------------------------------------------- controls
+c_run, c_method, c_layer = st.columns([2, 1, 1])
+run_name = c_run.selectbox("Run", [r.name for r in runs], key="gc_run")
+run = next(r for r in runs if r.name == run_name)
+method = c_method.selectbox("Method", list(explain.METHODS), key="gc_method",
+                            format_func=lambda m: explain.METHODS[m].label,
+                            help="\n".join(f"- **{m.label}**: {m.description}" for m in explain.METHODS.values()))
+layer = c_layer.text_input("Target layer", key="gc_layer", placeholder="automatic",
+                           help="Dotted module name, e.g. blocks.-1.norm1 or stages.2 (default: per backbone).")
+key = explain.run_key(run.path)
+try:
+    run_genes = run.read_genes()
+    ex = get_explainer(str(run.path), key, layer.strip())
+except MaiError as exc:
+    ui.show_error(exc)
+    st.stop()
+st.caption(f"Target layer `{ex.layer_name}` · {ex.layers.family} · {len(run_genes)} genes · "
+           f"{explain.METHODS[method].description}")
+
+# image
+c_split, c_search = st.columns([1, 3])
+splits = ["train"] + (["test"] if ds.n_test else [])
+split = c_split.radio("Split", splits, horizontal=True, key="gc_split")
+pool = ds.ids if split == "train" else ds.test_ids
+query = c_search.text_input("Search image ID", key="gc_search", placeholder="part of an ID")
+matches = [i for i in pool if query.lower() in i.lower()] if query else pool
+if not matches:
+    st.warning(f"No {split} image ID contains '{query}'.")
+    st.stop()
+thumbs = st.columns(8)
+for col, i in zip(thumbs, matches[:8]):
+    col.image(ds.image(i, split), caption=i, width="stretch")
+image_id = st.selectbox(f"Image ({len(matches)} matching)", matches, key="gc_image")
+
+# genes
+mode = st.radio("Genes", ["by name", "by prefix", "by cluster"], horizontal=True, key="gc_mode")
+if mode == "by name":
+    chosen = st.multiselect("Genes", run_genes, default=run_genes[:3], key="gc_genes",
+                            max_selections=MAX_GENES)
+elif mode == "by prefix":
+    families = sorted({explain.gene_prefix(g) for g in run_genes},
+                      key=lambda f: -sum(explain.gene_prefix(g) == f for g in run_genes))
+    prefix = st.text_input("Name prefix", value=families[0] if families else "", key="gc_prefix",
+                           help="Common families: " + ", ".join(families[:12]))
+    try:
+        chosen = explain.select_genes(run_genes, prefix=prefix.strip()) if prefix.strip() else []
+    except MaiError as exc:
+        ui.show_error(exc)
+        chosen = []
+else:
+    stamp = run.grouping_path.stat().st_mtime_ns if run.grouping_path.is_file() else 0
+    groups = run_grouping(str(run.grouping_path), stamp) if stamp else {}
+    if not groups:
+        st.info("This run has no grouping.csv.")
+        chosen = []
+    else:
+        grp = st.selectbox("Cluster (the run's grouping)", list(groups),
+                           format_func=lambda g: f"{g} ({len(groups[g])} genes)", key="gc_group")
+        chosen = [g for g in groups[grp] if g in set(run_genes)]
+if len(chosen) > MAX_GENES:
+    st.caption(f"Showing the first {MAX_GENES} of {len(chosen)} genes.")
+    chosen = chosen[:MAX_GENES]
+if not chosen:
+    st.info("Choose at least one gene.")
+    st.stop()
+
+c_alpha, c_cmap, c_cols = st.columns(3)
+alpha = c_alpha.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="gc_alpha")
+cmap = c_cmap.selectbox("Colour map", list(explain.COLORMAPS), key="gc_cmap")
+per_row = c_cols.slider("Maps per row", 2, 8, 4, key="gc_per_row")
+
+# ---------------------------------------------------------------------------------------------- overlays
+try:
+    images, cams, predicted, layer_label = get_cams(str(run.path), key, layer.strip(), str(ds.root), ds.fingerprint,
+                                                    split, (image_id,), tuple(chosen), method)
+except MaiError as exc:
+    ui.show_error(exc)
+    st.stop()
+truth_row = ds.train.index[ds.train["ID"] == image_id] if split == "train" else []
+st.image(explain.colorbar(cmap, 400, 14), caption="map value: low → high (each map scaled to its own maximum)",
+         width=400)
+cols = st.columns(per_row)
+for k, gene in enumerate(chosen):
+    with cols[k % per_row]:
+        st.image(explain.overlay(images[0], cams[0, k], alpha, cmap), caption=gene, width="stretch")
+        true = f"{float(ds.train.at[truth_row[0], gene]):.3f}" if len(truth_row) and gene in ds.train.columns else "—"
+        st.markdown(f"predicted **{predicted[0, k]:.3f}** · true {true}")
+    if k % per_row == per_row - 1 and k + 1 < len(chosen):
+        cols = st.columns(per_row)
+
+# ---------------------------------------------------------------------------------------------- faithfulness
+modules = demo_truth(str(ds.root), ds.fingerprint)
+mask_file = ds.root / "masks" / f"{image_id}.npz"
+if modules and mask_file.is_file():
+    rows = []
+    for k, gene in enumerate(chosen):
+        module = modules.get(gene)
+        if not module:
+            continue
+        mask = explain.load_masks(ds.root, [image_id], module)
+        f = explain.faithfulness(cams[:1, k], mask)
+        rows.append({"gene": gene, "module": module, "region area": f["mask_area"],
+                     "energy ratio": f["energy_ratio"], "peak in region": f["hit_rate"]})
+    if rows:
+        with st.expander("Planted regions (demo data): does the map fall on the region driving the gene?"):
+            st.dataframe(rows, hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.2f")
+                                        for c in ("region area", "energy ratio", "peak in region")})
+            st.caption("Energy ratio = share of the map inside the region / share of the area (>1: concentrated "
+                       "on it); peak in region: the map's maximum lies within 8 px of it.")
+
+# ---------------------------------------------------------------------------------------------- similarity
+if len(chosen) >= 2:
+    st.subheader("Map similarity between genes")
+    n_sim = st.slider("Images used (the chosen one and the next matching IDs)", 1, 16, 4, key="gc_sim_images")
+    start = matches.index(image_id)
+    sim_ids = tuple((matches[start:] + matches[:start])[:n_sim])
+    _, sim_cams, _, _ = get_cams(str(run.path), key, layer.strip(), str(ds.root), ds.fingerprint, split, sim_ids,
+                                 tuple(chosen), method)
+    sim = explain.cam_similarity(sim_cams, chosen)
+    fig = go.Figure(go.Heatmap(z=sim.to_numpy(), x=chosen, y=chosen, zmin=-1, zmax=1, colorscale="RdBu_r",
+                               colorbar=dict(title="r")))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=max(320, 26 * len(chosen) + 120), margin=dict(t=30, b=10),
+                      title=f"Pearson r of maps, mean over {len(sim_ids)} image(s)")
+    st.plotly_chart(fig, width="stretch", key="gc_similarity")
+    summary = explain.prefix_similarity(sim)
+    if summary["n_within_pairs"] and summary["n_between_pairs"]:
+        m1, m2, m3 = st.columns(3)
+        m1.metric("same name prefix", f"{summary['within']:.3f}", help=f"{summary['n_within_pairs']} gene pairs")
+        m2.metric("different prefix", f"{summary['between']:.3f}", help=f"{summary['n_between_pairs']} gene pairs")
+        m3.metric("difference", f"{summary['difference']:+.3f}")
+        st.caption("Families: " + "; ".join(f"{p}: {', '.join(g)}" for p, g in summary["groups"].items()))
