@@ -595,21 +595,37 @@ class CamExplainer:
         return t if self.layers.reshape is None else self.layers.reshape(t)
 
     def _compute(self, x, genes: list[int], spec: CamMethod):
-        """Raw per-layer maps (list over layers of B×len(genes)×h×w) and predictions (B×G_all)."""
+        """Raw per-layer maps (list over layers of B×len(genes)×h×w) and predictions (B×G_all).
+
+        One forward for the batch; gradient methods then run one backward per gene from the output to
+        the target layer only (parameters are not differentiated).
+        """
         import torch
 
         x = x.to(self.device)
+        need_grad = spec.uses_gradients
         acts: list = [None] * len(self.layers.modules)
         handles = []
         for li, m in enumerate(self.layers.modules):
             def hook(_m, _inp, out, li=li):
-                acts[li] = out
+                if not need_grad:
+                    acts[li] = out
+                    return None
+                # The target layer's output becomes a leaf: the layers before it build no autograd graph
+                # and each gene's backward stops here. "* 1.0" keeps later in-place ops legal.
+                leaf = out.detach().requires_grad_(True)
+                acts[li] = leaf
+                return leaf * 1.0
             handles.append(m.register_forward_hook(hook))
+        frozen = [p for p in self.model.parameters() if p.requires_grad] if need_grad else []
         try:
-            with torch.enable_grad():
-                xin = x.detach().clone().requires_grad_(spec.uses_gradients)
-                out = self.model(xin)
+            for p in frozen:
+                p.requires_grad_(False)
+            with torch.enable_grad() if need_grad else torch.no_grad():
+                out = self.model(x)
         finally:
+            for p in frozen:
+                p.requires_grad_(True)
             for h in handles:
                 h.remove()
         self.stats["forwards"] += 1
