@@ -7,6 +7,10 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   ridge    ridge regression on frozen EfficientNet-Lite0 embeddings (HEST protocol: PCA 256, alpha on val)
   frozen   MLP heads on cached embeddings of the 8 dihedral views (TTA at prediction)
   default  the CPU default recipe (no flags)
+  partial  default, but only the last 3 backbone stages trained (--train-blocks 3)
+  pca      default, heads predicting 64 principal components of the targets (--pca 64)
+  corr     default with the covariance term mixed in (alpha 0.4, beta 0.4, covariance 0.2)
+  ema      default with an EMA of weights (decay 0.95)
   plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate, no TTA/EMA
   ensemble validation-weighted ensemble of the trained strategies (except ridge)
 Reports gene-wise PCC on C5 over the 50 most variable training genes (HEST-style) and over all genes,
@@ -34,6 +38,10 @@ STRATEGIES = {
     "ridge": {"model": {"kind": "ridge"}},
     "frozen": {"model": {"kind": "frozen", "head": "mlp", "dropout": 0.2}},
     "default": {},
+    "partial": {"model": {"train_blocks": 3}},
+    "pca": {"model": {"pca_components": 64}},
+    "corr": {"loss": {"alpha": 0.4, "beta": 0.4}},
+    "ema": {"optim": {"ema": 0.95}},
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
                                                                       "ema": 0.0, "warmup_epochs": 0.0},
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},

@@ -130,6 +130,9 @@ _FAMILY_BASE = {
     "LINC": (0.02, 2.0), "AC": (0.01, 3.0), "AL": (0.01, 3.0), "symbol": (0.01, 15.0),
 }
 
+# Lowest typical count rate of a module gene (genes in no module can be far rarer).
+_MODULE_MIN_BASE = 0.4
+
 
 def _symbol_like(rng: np.random.Generator) -> str:
     kind = int(rng.integers(10))
@@ -247,6 +250,8 @@ def _gene_catalogue(n_genes: int, rng: np.random.Generator) -> GeneSpec:
     base = np.empty(n)
     for i, fam in enumerate(family):
         lo, hi = _FAMILY_BASE[fam]
+        if module_arr[i] >= 0:  # a module gene is expressed well enough for its co-expression to show
+            lo = max(lo, _MODULE_MIN_BASE)
         base[i] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     gain = np.where(module_arr >= 0, rng.uniform(0.45, 1.0, n), 0.0)
     gain[module_arr == MODULES.index("housekeeping")] *= 0.6

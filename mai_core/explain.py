@@ -567,18 +567,22 @@ class CamExplainer:
         spec = check_method(method)
         g = self.gene_indices([gene])[0]
         x = to_input(images, self.device)
-        cam = spec.cam_class()(model=self.model, target_layers=self.layers.modules,
-                               reshape_transform=self.layers.reshape)
-        if spec.name == "scorecam":
-            cam.batch_size = self.score_batch
-        try:
-            return cam(input_tensor=x, targets=[GeneTarget(g)] * x.shape[0])
-        finally:
-            cam.activations_and_grads.release()
+        with self._lock:
+            cam = spec.cam_class()(model=self.model, target_layers=self.layers.modules,
+                                   reshape_transform=self.layers.reshape)
+            if spec.name == "scorecam":
+                cam.batch_size = self.score_batch
+            try:
+                return cam(input_tensor=x, targets=[GeneTarget(g)] * x.shape[0])
+            finally:
+                cam.activations_and_grads.release()
+                self.model.zero_grad(set_to_none=True)  # the library's backward filled parameter grads
 
     def clear_cache(self) -> None:
-        self._cache.clear()
-        self._pred_cache.clear()
+        """Forget every cached map and prediction (in memory; the disk cache stays)."""
+        with self._lock:
+            self._cache.clear()
+            self._pred_cache.clear()
 
     # -- computation -----------------------------------------------------------------------------
     def _cam_object(self, spec: CamMethod):
