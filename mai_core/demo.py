@@ -710,3 +710,15 @@ def summarize(out) -> str:
     n_free = sum(1 for v in truth["gene_module"].values() if v is None)
     return (f"demo dataset in {out}: {truth['n_train']} train + {truth['n_test']} test tiles, "
             f"{truth['n_genes']} genes, seed {truth['seed']}\n  modules: {mods}; {n_free} genes in no module")
+
+
+def is_current_demo(out) -> bool:
+    """True when ``out`` holds a complete demo dataset made by this generator version."""
+    import json as _json
+
+    out = Path(out)
+    try:
+        truth = _json.loads((out / "truth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (out / "train.csv").exists() and truth.get("version") == GENERATOR_VERSION

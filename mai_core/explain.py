@@ -18,7 +18,8 @@ Analysis helpers: :func:`cam_similarity` (gene × gene correlation of maps over 
 :func:`faithfulness` (energy inside planted masks, pointing game), and :func:`overlay` for display.
 :func:`write_gradcam` is the whole ``python -m mai_core gradcam`` command.
 
-torch, timm and pytorch_grad_cam are imported inside functions so that importing this module is cheap.
+torch, timm, pandas and pytorch_grad_cam are imported inside functions so that importing this module
+is cheap (the CLI imports it to list methods).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from mai_core.errors import MaiError, Problem
 
@@ -844,6 +844,8 @@ def cam_similarity(cams: np.ndarray, genes: Sequence[str] | None = None, factor:
     ``cams`` N×G×H×W (maps are block-averaged by ``factor`` first). Pairs involving a constant map on
     an image skip that image; a pair with no usable image is NaN. The diagonal is 1.
     """
+    import pandas as pd
+
     cams = np.asarray(cams, dtype=np.float32)
     if cams.ndim == 3:
         cams = cams[None]
@@ -907,6 +909,7 @@ def faithfulness(cams: np.ndarray, masks: np.ndarray, tolerance: int = 8) -> dic
     Returns means over pairs (``inside_outside``: median, robust to near-zero outside means) plus
     ``per_pair`` (a DataFrame).
     """
+    import pandas as pd
     from scipy import ndimage
 
     cams = np.asarray(cams, dtype=np.float64)
@@ -1071,6 +1074,8 @@ def write_gradcam(run, data, ids: Sequence[str], genes: Sequence[str] | None = N
 
     Returns the index: id, split, gene, method, layer, predicted, true, png, npy (paths relative to out).
     """
+    import pandas as pd
+
     from mai_core.dataset import load_dataset
     from mai_core.io import atomic_dir, write_csv
     from mai_core.runs import RunDir

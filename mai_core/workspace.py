@@ -54,8 +54,8 @@ def demo_dir() -> Path:
 def ensure_demo(progress: bool = False) -> Path:
     """Return the demo dataset folder, generating it (deterministically) if absent."""
     out = demo_dir()
-    if not (out / "train.csv").exists():
-        from mai_core.demo import generate_demo
+    from mai_core.demo import generate_demo, is_current_demo
 
+    if not is_current_demo(out):
         generate_demo(out, progress=progress)
     return out

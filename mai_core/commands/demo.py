@@ -37,10 +37,10 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from mai_core.demo import generate_demo, summarize
+    from mai_core.demo import generate_demo, is_current_demo, summarize
 
     out = Path(args.out).expanduser()
-    if args.if_missing and (out / "train.csv").exists():
+    if args.if_missing and is_current_demo(out):
         print(f"demo dataset already present in {out}; nothing to do")
         return 0
     started = time.perf_counter()
