@@ -867,7 +867,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         out_of_time = False
-        for epoch in range(start_epoch, epochs):
+        t_train0, epochs_session = time.time(), 0
+        epoch = start_epoch - 1
+        while epoch + 1 < epochs:
+            epoch += 1
             torch.manual_seed(seed * 1000 + epoch)
             perm = self.train_idx[torch.randperm(n_tr, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()]
             if self.world > 1:
@@ -933,9 +936,25 @@ class Trainer:
                             n_img / max(dt, 1e-9), gstep)
             if self.stop.set or out_of_time:
                 if out_of_time:
-                    self.log(f"time budget of {max_min} min reached after epoch {epoch + 1}; finishing")
+                    self.log(f"time budget of {max_min} min reached during epoch {epoch + 1}; finishing")
                     self.stop.set = False
                 return
+            epochs_session += 1
+            if deadline is not None and epoch + 1 < epochs:
+                # budget-aware schedule: shorten the run (and its cosine decay) to what fits the time left
+                per_epoch = (time.time() - t_train0) / epochs_session
+                fit = epoch + 1 + int(max(0.0, deadline - time.time()) // max(per_epoch, 1e-9))
+                if self.world > 1:
+                    import torch.distributed as dist
+
+                    t = torch.tensor([float(fit)], device=self.device if self.cuda else "cpu")
+                    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                    fit = int(t.item())
+                if fit < epochs:
+                    self.log(f"time budget of {max_min} min: shortening the schedule from {epochs} to "
+                             f"{max(fit, epoch + 1)} epochs")
+                    epochs = max(fit, epoch + 1)
+                    total = epochs * steps_per_epoch
 
     def _should_stop(self) -> bool:
         if self.world > 1:
@@ -959,6 +978,7 @@ class Trainer:
                 self.best_pcc, self.best_epoch, is_best = val_pcc, epoch, True
         elif not len(self.val_idx):
             is_best = True
+        self.epochs_done = epoch
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_gene_pcc": val_pcc,
                "lr": float(lr), "imgs_per_s": float(ips), "time": round(self.elapsed(), 2)}
         if self.is_main:
@@ -1088,6 +1108,7 @@ class Trainer:
                 if math.isfinite(val_pcc) and (self.best_pcc is None or val_pcc > self.best_pcc):
                     self.best_pcc, self.best_epoch, is_best = val_pcc, epoch + 1, True
             dt = time.time() - t_ep
+            self.epochs_done = epoch + 1
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, loss_n), "val_loss": val_loss,
                    "val_gene_pcc": val_pcc, "lr": float(self.optimizer.param_groups[0]["lr"]),
                    "imgs_per_s": n_tr / max(dt, 1e-9), "time": round(self.elapsed(), 2)}
@@ -1151,8 +1172,8 @@ class Trainer:
         from mai_core.io import write_parquet
         from mai_core.model import load_state
 
-        epochs = int(self.cfg["optim"]["epochs"])
-        final = {"state": "finished", "progress": 1.0, "eta_s": 0, "epoch": epochs, "epochs": epochs,
+        done = int(getattr(self, "epochs_done", 0) or self.cfg["optim"]["epochs"])
+        final = {"state": "finished", "progress": 1.0, "eta_s": 0, "epoch": done, "epochs": done,
                  "best_val_gene_pcc": self.best_pcc, "best_epoch": self.best_epoch}
         if len(self.val_idx):
             if self.world > 1:

@@ -342,3 +342,16 @@ def test_split_by_section_holds_out_whole_sections():
     with pytest.raises(MaiError) as exc:
         make_split(ds, {"val_sections": "C9"}, seed=0)
     assert "C9" in exc.value.render() and "C2" in exc.value.render()
+
+
+def test_time_budget_ends_the_run_as_finished(demo_dir, ws, tmp_path):
+    out = tmp_path / "budget"
+    t0 = time.time()
+    assert main(["train", "--data", str(demo_dir), "--out", str(out), "--epochs", "200", "--tta", "off",
+                 "--max-train-minutes", "0.01", *TINY]) == 0
+    assert time.time() - t0 < 120  # 200 epochs would take far longer
+    st = read_status(out)
+    assert st["state"] == "finished" and st["epoch"] == 1
+    assert read_metrics(out)["epoch"].tolist() == [1]
+    assert "time budget" in RunDir(out).read_log()
+    assert RunDir(out).val_predictions_path.is_file()
