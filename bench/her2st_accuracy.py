@@ -11,7 +11,9 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   pca      default, heads predicting 64 principal components of the targets (--pca 64)
   corr     default with the covariance term mixed in (alpha 0.4, beta 0.4, covariance 0.2)
   ema      default with an EMA of weights (decay 0.95)
-  plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate, no TTA/EMA
+  long     default trained for 14 epochs instead of 8
+  plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate (1e-4), no TTA/EMA
+  plain_lr1e-3  the same plain fine-tune with learning rate 1e-3
   ensemble validation-weighted ensemble of the trained strategies (except ridge)
 Reports gene-wise PCC on C5 over the 50 most variable training genes (HEST-style) and over all genes,
 plus wall time of each strategy. Needs ../shared/data/her2st; exits cleanly when absent.
@@ -42,11 +44,13 @@ STRATEGIES = {
     "pca": {"model": {"pca_components": 64}},
     "corr": {"loss": {"alpha": 0.4, "beta": 0.4}},
     "ema": {"optim": {"ema": 0.95}},
+    "long": {"optim": {"epochs": 14}},
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
                                                                       "ema": 0.0, "warmup_epochs": 0.0},
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},
               "predict": {"tta": False}},
 }
+STRATEGIES["plain_lr1e-3"] = {**STRATEGIES["plain"], "optim": {**STRATEGIES["plain"]["optim"], "lr": 1e-3}}
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -55,7 +59,6 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
 
 def prepare(work: Path, top_genes: int) -> tuple[Path, Path]:
     """Import C2–C5 once; split into a C2–C4 training folder and a C5 test folder (hard links)."""
@@ -79,7 +82,6 @@ def prepare(work: Path, top_genes: int) -> tuple[Path, Path]:
         write_dataset(d, rows.reset_index(drop=True))
     return train_dir, test_dir
 
-
 def evaluate_on(run: Path, test_dir: Path, train_dir: Path) -> dict:
     from mai_core.dataset import load_dataset
     from mai_core.metrics import gene_pearson, top_variable_genes
@@ -93,7 +95,6 @@ def evaluate_on(run: Path, test_dir: Path, train_dir: Path) -> dict:
     top = top_variable_genes(train.X, 50)
     return {"pcc_top50": float(np.nanmean(per_gene[top])), "pcc_all": float(np.nanmean(per_gene)),
             "n_test": int(test.n_train), "n_genes": int(len(per_gene))}
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,7 +151,6 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

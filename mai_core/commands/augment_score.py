@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+
+from mai_core.commands._argtypes import non_negative_float, positive_int
 
 NAME = "augment-score"
 HELP = "score augmentations by LPIPS / DINO distance and optionally save a policy under thresholds"
@@ -16,42 +17,22 @@ DESCRIPTION = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (contains train.csv)")
     p.add_argument("--out", required=True, help="output CSV (one row per augmentation)")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of training images sampled (default 64)")
-    p.add_argument("--k", type=_positive_int, default=4, help="augmented versions per image (default 4)")
+    p.add_argument("--n", type=positive_int, default=64, help="number of training images sampled (default 64)")
+    p.add_argument("--k", type=positive_int, default=4, help="augmented versions per image (default 4)")
     p.add_argument("--augs", default="", help="comma-separated augmentations (default: all registered)")
     p.add_argument("--seed", type=int, default=0, help="seed for the image sample and augmentation parameters")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--pairs-out", default=None, help="optional CSV with every (augmentation, image, rep) distance")
     p.add_argument("--lpips-weights", default=None, help="AlexNet ImageNet weights file for LPIPS (default: torch hub cache)")
     p.add_argument("--dino-weights", default=None, help="ViT-S/16 DINO weights file (default: Hugging Face cache)")
     p.add_argument("--save-policy", metavar="NAME", default=None,
                    help="write a policy of the augmentations whose mean distances are within the thresholds")
-    p.add_argument("--max-lpips", type=_threshold, default=None, help="LPIPS threshold for --save-policy")
-    p.add_argument("--max-dino", type=_threshold, default=None, help="DINO threshold for --save-policy")
+    p.add_argument("--max-lpips", type=non_negative_float, default=None, help="LPIPS threshold for --save-policy")
+    p.add_argument("--max-dino", type=non_negative_float, default=None, help="DINO threshold for --save-policy")
     p.add_argument("--policy-dir", default=None, help="folder for the policy (default: workspace policies/)")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mai_core.commands._argtypes import non_negative_float, positive_int
+
 NAME = "import-slide"
 HELP = "import a spatial-transcriptomics section (H&E image + spots + counts) into an MAI dataset folder"
 DESCRIPTION = (
@@ -14,26 +16,6 @@ DESCRIPTION = (
 )
 
 _NORMS = ("log1p_cp10k", "log1p", "raw", "cp10k")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,13 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--genes", metavar="FILE",
                      help="keep exactly these genes (one per line, in this order); genes no section measured "
                           "are kept as all-zero columns and reported")
-    sel.add_argument("--top-genes", type=_positive_int, metavar="N",
+    sel.add_argument("--top-genes", type=positive_int, metavar="N",
                      help="keep the N most variable genes after normalisation, over all sections in DIR")
     sel.add_argument("--all-genes", action="store_true", help="keep every gene (clears an earlier selection)")
-    p.add_argument("--min-counts", type=_non_negative, default=1, metavar="N",
+    p.add_argument("--min-counts", type=non_negative_float, default=1, metavar="N",
                    help="skip spots with fewer total counts (default 1: drops empty spots)")
     p.add_argument("--jpeg", action="store_true", help="save patches as JPEG (quality 95) instead of PNG")
-    p.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                    help="largest image (width x height) to decode; default 1e9 pixels")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
