@@ -9,7 +9,7 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   default  the CPU default recipe (no flags)
   partial  default, but only the last 3 backbone stages trained (--train-blocks 3)
   pca      default, heads predicting 64 principal components of the targets (--pca 64)
-  corr     default with the covariance term mixed in (alpha 0.4, beta 0.4, covariance 0.2)
+  mse_pearson  default without the covariance term (alpha 0.5, beta 0.5; the default mixes in 0.2)
   ema      default with an EMA of weights (decay 0.95)
   long     default trained for 14 epochs instead of 8
   plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate (1e-4), no TTA/EMA
@@ -22,6 +22,7 @@ plus wall time of each strategy. Needs ../shared/data/her2st; exits cleanly when
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ STRATEGIES = {
     "default": {},
     "partial": {"model": {"train_blocks": 3}},
     "pca": {"model": {"pca_components": 64}},
-    "corr": {"loss": {"alpha": 0.4, "beta": 0.4}},
+    "mse_pearson": {"loss": {"alpha": 0.5, "beta": 0.5}},
     "ema": {"optim": {"ema": 0.95}},
     "long": {"optim": {"epochs": 14}},
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
@@ -128,11 +129,12 @@ def main() -> int:
             build_ensemble(members, out, weights="val")
             results[name] = {"time_s": time.time() - t0, "members": [Path(m).name for m in members]}
         else:
-            out = work / "runs" / f"{name}_s{args.seed}"
+            cfg = resolve_config({"data": str(train_dir), "seed": args.seed, **STRATEGIES[name]}, device_type="cpu")
+            # finished runs are reused only when their recipe is unchanged
+            key = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            out = work / "runs" / f"{name}_s{args.seed}_{key}"
             if not (out / "status.json").exists() or json.loads((out / "status.json").read_text())["state"] != "finished":
                 shutil.rmtree(out, ignore_errors=True)
-                cfg = resolve_config({"data": str(train_dir), "seed": args.seed, **STRATEGIES[name]},
-                                     device_type="cpu")
                 t0 = time.time()
                 train(cfg, out, progress=False)
                 results[name] = {"time_s": time.time() - t0}

@@ -297,7 +297,7 @@ def test_config_precedence_defaults_then_file_then_flags(tmp_path):
     cfg = resolve_config({"optim": {"epochs": 3}}, cfg_file, device_type="cpu")
     assert cfg["optim"]["epochs"] == 3  # flag beats file
     assert cfg["optim"]["lr"] == 0.01  # file beats default
-    assert cfg["loss"]["alpha"] == 0.2 and cfg["loss"]["beta"] == 0.5  # untouched default kept
+    assert cfg["loss"]["alpha"] == 0.2 and cfg["loss"]["beta"] == 0.4  # untouched default kept
     assert cfg["model"]["backbone"] == "efficientnet_lite0"  # CPU recipe
 
 
