@@ -12,6 +12,7 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   mse_pearson  default without the covariance term (alpha 0.5, beta 0.5; the default mixes in 0.2)
   ema      default with an EMA of weights (decay 0.95)
   long     default trained for 14 epochs instead of 8
+  bblr0.1  default with a 10x lower learning rate for the backbone (--backbone-lr-mult 0.1)
   plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate (1e-4), no TTA/EMA
   plain_lr1e-3  the same plain fine-tune with learning rate 1e-3
   ensemble validation-weighted ensemble of the trained strategies (except ridge)
@@ -46,6 +47,7 @@ STRATEGIES = {
     "mse_pearson": {"loss": {"alpha": 0.5, "beta": 0.5}},
     "ema": {"optim": {"ema": 0.95}},
     "long": {"optim": {"epochs": 14}},
+    "bblr0.1": {"optim": {"backbone_lr_mult": 0.1}},
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
                                                                       "ema": 0.0, "warmup_epochs": 0.0},
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},

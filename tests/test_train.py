@@ -351,7 +351,7 @@ def test_time_budget_ends_the_run_as_finished(demo_dir, ws, tmp_path):
                  "--max-train-minutes", "0.01", *TINY]) == 0
     assert time.time() - t0 < 120  # 200 epochs would take far longer
     st = read_status(out)
-    assert st["state"] == "finished" and st["epoch"] == 1
-    assert read_metrics(out)["epoch"].tolist() == [1]
+    assert st["state"] == "finished" and 1 <= st["epoch"] < 200
+    assert read_metrics(out)["epoch"].tolist() == list(range(1, st["epoch"] + 1))
     assert "time budget" in RunDir(out).read_log()
     assert RunDir(out).val_predictions_path.is_file()
