@@ -25,30 +25,12 @@ from pathlib import Path
 
 from mai_core.errors import MaiError, Problem
 from mai_core.io import write_json, write_text
+from mai_core.procs import process_alive
 
 STATES = ("queued", "running", "finished", "failed", "stopped")
 STATUS_FIELDS = ("state", "epoch", "epochs", "progress", "pid", "error", "started", "updated", "eta_s",
                  "best_val_gene_pcc")
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_gene_pcc", "lr", "imgs_per_s", "time")
-
-
-def pid_alive(pid) -> bool:
-    """Whether a process with this id exists on this machine."""
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 class RunDir:
@@ -215,7 +197,7 @@ def read_status(run) -> dict:
             status.update(json.loads(p.read_text()))
         except (json.JSONDecodeError, OSError):
             status["error"] = "status.json is unreadable"
-    status["stale"] = bool(status.get("state") == "running" and status.get("pid") and not pid_alive(status["pid"]))
+    status["stale"] = bool(status.get("state") == "running" and status.get("pid") and not process_alive(status["pid"]))
     return status
 
 

@@ -14,6 +14,8 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     || .venv/bin/python -m pip install -q "torch>=2.2" "torchvision>=0.17"
 fi
 .venv/bin/python -m pip install -q -r requirements.txt
+# The library itself (editable), so `python -m mai_core` and `mai` work from any folder.
+.venv/bin/python -m pip install -q --no-deps -e .
 # Headless Chromium for the browser tests (Debian package; needs root). Skipped when not possible.
 if [ "${MAI_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
