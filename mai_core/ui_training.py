@@ -15,6 +15,7 @@ import streamlit as st
 
 from mai_core import jobs
 from mai_core.errors import MaiError
+from mai_core.train import default_config
 
 REFRESH_S = 2.0
 REFRESH_KEY = "_mai_jobs_refresh_s"  # session state: the job list's current auto-refresh interval
@@ -87,13 +88,15 @@ def _training_form(ds) -> None:
                                     help="CPU-friendly backbones are listed first")
             if backbone in descriptions:
                 st.caption(descriptions[backbone])
-            alpha = st.slider("α — MSE weight", 0.0, 1.0, 0.5, 0.05, key="train_alpha")
-            beta = st.slider("β — Pearson weight", 0.0, 1.0, 0.5, 0.05, key="train_beta",
+            recipe = default_config("cpu")
+            alpha = st.slider("α — MSE weight", 0.0, 1.0, float(recipe["loss"]["alpha"]), 0.05, key="train_alpha")
+            beta = st.slider("β — Pearson weight", 0.0, 1.0, float(recipe["loss"]["beta"]), 0.05, key="train_beta",
                              help="The covariance-structure term gets 1 − α − β, so α + β must not exceed 1.")
             grouping = st.selectbox("Gene grouping (cluster-wise heads)", list(groupings), key="train_grouping")
             c1, c2 = st.columns(2)
-            epochs = c1.number_input("Epochs", 1, 1000, 10, key="train_epochs")
-            batch_size = c2.number_input("Batch size", 1, 1024, 32, key="train_batch_size")
+            epochs = c1.number_input("Epochs", 1, 1000, int(recipe["optim"]["epochs"]), key="train_epochs")
+            batch_size = c2.number_input("Batch size", 1, 1024, int(recipe["optim"]["batch_size"]),
+                                         key="train_batch_size")
             default_policy = policies.index("flips_rot90") if "flips_rot90" in policies else 0
             policy = st.selectbox("Augmentation policy", policies, index=default_policy, key="train_policy")
             device = st.selectbox("Device", device_choices(), key="train_device",
