@@ -479,6 +479,9 @@ def job_info(job_id_or_record) -> JobInfo:
             info.state = sstate
         elif process_alive(rec.get("pid"), rec.get("pid_start")):
             info.state = "running"
+        elif rec.get("runner_pid") and process_alive(rec.get("runner_pid")):
+            # the training process just ended; its queue runner is recording how (exit code or signal)
+            info.state = "running"
         else:
             info.state = "failed"
             info.error = _exit_reason(rec.get("pid"), None, run)
