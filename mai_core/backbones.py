@@ -808,15 +808,16 @@ def create_feature_extractor(name: str = DEFAULT_BACKBONE, weights="auto", devic
 # --------------------------------------------------------------------------------------------- features
 
 
-def _dihedral(x) -> list:
-    """The 8 rotations/flips of a B×C×H×W batch."""
+def dihedral_views(x, views: int = 8) -> list:
+    """The first ``views`` of the 8 rotations/flips of a B×C×H×W batch (view 0 is the identity)."""
     import torch
 
     out = []
-    for flipped in (x, torch.flip(x, dims=(-1,))):
+    for flipped in (False, True):
+        base = torch.flip(x, dims=(-1,)) if flipped else x
         for k in range(4):
-            out.append(torch.rot90(flipped, k, dims=(-2, -1)))
-    return out
+            out.append(torch.rot90(base, k, dims=(-2, -1)) if k else base)
+    return out[:views]
 
 
 def _check_images(images) -> np.ndarray:
@@ -938,7 +939,7 @@ def extract_features(backbone_name: str, images=None, *, split: str = "train", i
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
                 if tta:
                     f = torch.stack([model(v.contiguous(memory_format=torch.channels_last)).float()
-                                     for v in _dihedral(x)]).mean(0)
+                                     for v in dihedral_views(x)]).mean(0)
                 else:
                     f = model(x).float()
             out[done:done + len(batch)] = f.cpu().numpy()

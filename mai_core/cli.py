@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+    except OSError as exc:  # missing file, no permission, full disk, a file where a folder is expected...
+        where = getattr(exc, "filename2", None) or exc.filename
+        print(f"error: {exc.strerror or exc}" + (f": {where}" if where else ""), file=sys.stderr)
         return 2

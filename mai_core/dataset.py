@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -67,6 +66,7 @@ def _check_table(csv_path: Path, name: str, problems: list[Problem], need_genes:
         problems.append(Problem(str(csv_path), "has no rows", "add at least one sample"))
     df.columns = header if len(header) == len(df.columns) else df.columns
     df = df.loc[:, ~pd.Index(df.columns).duplicated()]
+    df[PATH_COL] = df[PATH_COL].str.replace("\\", "/", regex=False)  # Windows-exported paths
     ids = df[ID_COL]
     if ids.isna().any():
         for r in np.flatnonzero(ids.isna().to_numpy())[:20]:
@@ -318,7 +318,3 @@ def write_dataset(root: str | os.PathLike, train: pd.DataFrame, test: pd.DataFra
     write_csv(root / "train.csv", train, float_format="%.6g")
     if test is not None:
         write_csv(root / "test.csv", test, float_format="%.6g")
-
-
-def finite_or_nan(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

@@ -573,22 +573,11 @@ def _validate(n_train, n_test, n_genes, seed) -> None:
         raise MaiError("invalid demo dataset settings", problems)
 
 
-def _check_target(out: Path) -> None:
-    """Refuse to replace anything but an empty folder or an earlier demo dataset."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MaiError(f"cannot write the demo dataset to {out}: it is a file",
-                       hint="pass a folder path with --out")
-    if not any(out.iterdir()):
-        return
+def _is_demo_folder(out: Path) -> bool:
     try:
-        ours = json.loads((out / "truth.json").read_text()).get("generator") == "mai_core.demo"
+        return json.loads((out / "truth.json").read_text()).get("generator") == "mai_core.demo"
     except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise MaiError(f"refusing to replace {out}: it is not empty and holds no demo dataset",
-                       hint="pass a new or empty folder with --out (an earlier demo folder is replaced)")
+        return False
 
 
 def _render_batch(folder: str, seed: int, items: list[tuple[str, int, str]]) -> np.ndarray:
@@ -612,14 +601,14 @@ def generate_demo(out, n_train: int = 600, n_test: int = 200, n_genes: int = 500
 
     ``workers`` > 1 renders tiles in that many processes; the output is identical either way.
     """
-    from mai_core.io import atomic_dir
+    from mai_core.io import atomic_dir, check_replaceable
 
     _validate(n_train, n_test, n_genes, seed)
     if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
         raise MaiError("invalid demo dataset settings", [Problem("--workers", f"got {workers!r}",
                                                                  "use an integer >= 1")])
     out = Path(out).expanduser()
-    _check_target(out)
+    check_replaceable(out, _is_demo_folder, "demo dataset")
     seed = int(seed)
     spec = _gene_catalogue(int(n_genes), np.random.default_rng([seed, 1]))
     splits = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
@@ -628,7 +617,7 @@ def generate_demo(out, n_train: int = 600, n_test: int = 200, n_genes: int = 500
     batch = 32
     batches = [items[b:b + batch] for b in range(0, len(items), batch)]
     activities = np.empty((len(splits), len(MODULES)))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, _is_demo_folder, "demo dataset") as tmp:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # a normal folder once renamed, not a private temp one

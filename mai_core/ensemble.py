@@ -114,7 +114,13 @@ def build_ensemble(runs, out, weights: str = "mean") -> RunDir:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    if any(m.path.resolve() == out.resolve() for m in members):
+        raise MaiError(f"--out {out} is one of the ensemble's members", hint="choose another --out folder")
+
+    def is_ensemble(p: Path) -> bool:
+        return (p / "config.yaml").is_file() and read_config(p).get("kind") == "ensemble"
+
+    with atomic_dir(out, is_ensemble, "ensemble directory") as tmp:
         write_config(tmp, config)
         write_text(tmp / "genes.txt", "".join(g + "\n" for g in genes))
         if members[0].grouping_path.is_file():

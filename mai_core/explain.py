@@ -786,9 +786,12 @@ def _unknown(name: str, available: Sequence[str], what: str, source: str) -> Pro
 
 
 def gene_prefix(name: str) -> str:
-    """Name family of a gene: its leading letters, upper-cased (LINC01770 → LINC, AL357054.4 → AL)."""
-    m = re.match(r"[A-Za-z]+", name)
-    return m.group(0).upper() if m else name
+    """Name family of a gene, by the same rule as prefix clustering (LINC01770 → LINC, AL357054.4 → AL),
+    upper-cased; a name without such a prefix (GAPDH) is its own family."""
+    from mai_core.genes import gene_prefix as _prefix
+
+    found = _prefix(name)
+    return found.upper() if found else name
 
 
 def select_genes(available: Sequence[str], genes: Sequence[str] | None = None, prefix: str | None = None,
@@ -1123,7 +1126,7 @@ def write_gradcam(run, data, ids: Sequence[str], genes: Sequence[str] | None = N
             if g in frame.columns and len(row):
                 true_lookup[(i, g)] = float(frame.at[row[0], g])
     rows = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, lambda p: (p / "index.csv").is_file(), "Grad-CAM output") as tmp:
         (tmp / "overlays").mkdir()
         (tmp / "maps").mkdir()
         for n, (i, s) in enumerate(pairs):

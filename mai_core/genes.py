@@ -444,12 +444,6 @@ def gene_profiles(X, n_pcs: int = 50, seed: int = 0) -> GeneProfiles:
     return GeneProfiles(coords, pca.explained_variance_ratio_, {"n_pcs": n_comp, "seed": int(seed)})
 
 
-def _profiles_of(X_or_profiles, seed: int, n_pcs: int) -> GeneProfiles:
-    if isinstance(X_or_profiles, GeneProfiles):
-        return X_or_profiles
-    return gene_profiles(X_or_profiles, n_pcs=n_pcs, seed=seed)
-
-
 def check_k(k, n_genes: int) -> int:
     try:
         k = int(k)

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -32,10 +32,28 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_replaceable(target: Path, replaceable: Callable[[Path], bool], what: str) -> None:
+    """Refuse to replace a file, or a non-empty folder that ``replaceable`` does not recognise as ``what``."""
+    from mai_core.errors import MaiError
+
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise MaiError(f"cannot write the {what} to {target}: it is a file", hint="pass a folder path")
+    if any(target.iterdir()) and not replaceable(target):
+        raise MaiError(f"refusing to replace {target}: it is not empty and holds no {what}",
+                       hint=f"pass a new or empty folder (an earlier {what} there is replaced)")
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``target``; it replaces ``target`` on success."""
+def atomic_dir(target: str | os.PathLike, replaceable: Callable[[Path], bool], what: str) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; it replaces ``target`` on success.
+
+    An existing non-empty ``target`` is only replaced when ``replaceable(target)`` says it holds an earlier
+    output of the same kind (``what``), so a mistyped output path never deletes a user's data.
+    """
     target = Path(target)
+    check_replaceable(target, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

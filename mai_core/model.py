@@ -177,12 +177,6 @@ class GeneModel(nn.Module):
             head.basis.copy_(torch.as_tensor(basis, dtype=torch.float32))
             head.offset.copy_(torch.as_tensor(mu, dtype=torch.float32))
 
-    def head_parameters(self):
-        return [p for p in self.heads.parameters()]
-
-    def backbone_parameters(self):
-        return [p for p in self.backbone.parameters()]
-
 
 class OriginalUnits(nn.Module):
     """Wrap a GeneModel (or an ensemble of them) so that forward returns original-unit expression."""

@@ -37,7 +37,7 @@ class Predictor:
         """Expression (float32 N×G, original units) for uint8 N×H×W×3 images (or one H×W×3 image)."""
         import torch
 
-        from mai_core.train import dihedral_views
+        from mai_core.backbones import dihedral_views
 
         arr = np.asarray(images)
         if arr.ndim == 3:
@@ -45,7 +45,7 @@ class Predictor:
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise MaiError(f"images must be N×H×W×3, got shape {arr.shape}",
                            [Problem("images", "wrong layout", "stack RGB patches as N×H×W×3 uint8")])
-        views = self.tta_views if tta is None else (8 if tta is True else (1 if tta is False else int(tta)))
+        views = self.tta_views if tta is None else _tta_views({"predict": {"tta": tta}})
         bs = int(batch_size or self.batch_size)
         out = np.empty((len(arr), len(self.genes)), dtype=np.float32)
         amp = self.device.type == "cuda"
@@ -132,15 +132,14 @@ def build_run_model(run: RunDir, cfg: dict, genes: list[str]):
                       image_size=int(spec.get("image_size", 224)))
     try:
         load_state(model, ck)
-    except RuntimeError as exc:
-        raise MaiError(f"checkpoint {ck} does not fit the run's config", [Problem(str(ck), str(exc),
+    except Exception as exc:  # shape mismatch (RuntimeError) or a corrupt/truncated file (SafetensorError)
+        raise MaiError(f"checkpoint {ck} cannot be loaded into the run's model", [Problem(str(ck), str(exc),
                        "the run folder may be corrupt or from another version; retrain")]) from None
     return model.eval()
 
 
 def load_predictor(path, device: str = "auto") -> Predictor:
     """Predictor for a run or ensemble directory (see :func:`mai_core.runs.load_predictor`)."""
-    import torch
 
     from mai_core.backbones import resolve_device
     from mai_core.model import MeanEnsemble, OriginalUnits

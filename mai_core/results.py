@@ -7,7 +7,6 @@ All evaluation reads a run's ``val_predictions.parquet`` (columns ``ID``, ``pred
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -287,12 +286,14 @@ def compare_runs(runs, top_k: int = TOP_K) -> pd.DataFrame:
 
 
 def _python_mai(args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return subprocess.run([sys.executable, "-m", "mai_core", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    from mai_core.jobs import _child_env
+
+    try:
+        return subprocess.run([sys.executable, "-m", "mai_core", *args], capture_output=True, text=True,
+                              env=_child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MaiError(f"`mai_core {args[0]}` did not finish within {timeout:.0f} s",
+                       hint=f"run `python -m mai_core {args[0]} ...` from a terminal for large inputs") from None
 
 
 def _cli_error(proc: subprocess.CompletedProcess, what: str) -> MaiError:

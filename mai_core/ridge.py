@@ -66,9 +66,11 @@ def fit_ridge(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray | None
         best = max(finite, key=finite.get) if finite else float(np.median(alphas))
     else:
         # generalised cross-validation style: leave-one-out residuals from the hat matrix diagonal
+        uty = u.T @ yc
         for a in alphas:
-            h = (u * (s * s / (s * s + a))) @ u.T
-            resid = (yc - h @ yc) / (1 - np.diag(h))[:, None].clip(1e-6)
+            d = s * s / (s * s + a)  # hat matrix H = U diag(d) U^T, never formed (n×n)
+            fitted = u @ (d[:, None] * uty)
+            resid = (yc - fitted) / (1 - (u * u) @ d)[:, None].clip(1e-6)
             scores[float(a)] = -float(np.mean(resid ** 2))
         best = max(scores, key=scores.get)
     w_p = weights_for(best)

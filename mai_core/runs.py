@@ -234,7 +234,13 @@ def truncate_metrics(run, last_epoch: int) -> None:
     p = _as_path(run) / "metrics.jsonl"
     if not p.is_file():
         return
-    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
+    keep = []
+    for ln in p.read_text().splitlines():
+        try:
+            if json.loads(ln).get("epoch", 0) <= last_epoch:
+                keep.append(ln)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # blank or damaged line (e.g. cut off by a kill): dropped, as read_metrics skips it
     write_text(p, "".join(ln + "\n" for ln in keep))
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mai_core.errors import MaiError, Problem
+from mai_core.backbones import dihedral_views
 from mai_core.runs import RunDir, append_metrics, truncate_metrics, write_config, write_status
 
 MODEL_KINDS = ("finetune", "frozen", "ridge")
@@ -354,40 +355,6 @@ class EMA:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
 
-def dihedral_views(x, views: int = 8):
-    """The first ``views`` of the 8 rotations/flips of a B×C×H×W tensor (view 0 is the identity)."""
-    import torch
-
-    out = []
-    for flipped in (False, True):
-        base = torch.flip(x, dims=(-1,)) if flipped else x
-        for k in range(4):
-            out.append(torch.rot90(base, k, dims=(-2, -1)) if k else base)
-    return out[:views]
-
-
-class _DihedralAugment:
-    """Per-sample random flips + 90° rotations (used when no augmentation registry is available)."""
-
-    def __init__(self, seed: int):
-        import torch
-
-        self.g = torch.Generator().manual_seed(int(seed))
-
-    def __call__(self, x, y=None):
-        import torch
-
-        b = x.shape[0]
-        code = torch.randint(0, 8, (b,), generator=self.g).tolist()
-        out = torch.empty_like(x)
-        for c in range(8):
-            sel = [i for i in range(b) if code[i] == c]
-            if sel:
-                idx = torch.tensor(sel, device=x.device)
-                out[idx] = dihedral_views(x.index_select(0, idx), 8)[c]
-        return out, y
-
-
 def make_augment(policy, seed: int, data_dir=None):
     """Batch augmentation callable ``(x, y) -> (x, y)`` for the policy; None when policy is none/empty.
 
@@ -395,12 +362,8 @@ def make_augment(policy, seed: int, data_dir=None):
     """
     if policy in (None, "", "none", "off"):
         return None
-    try:
-        from mai_core.augment import build_batch_augment
-    except ImportError:
-        if policy in ("flips_rot90", "dihedral"):
-            return _DihedralAugment(seed)
-        raise MaiError(f"augmentation policy {policy!r} needs mai_core.augment, which is not installed")
+    from mai_core.augment import build_batch_augment
+
     return build_batch_augment(policy, seed=seed, data_dir=data_dir)
 
 
@@ -760,7 +723,6 @@ class Trainer:
 
     # -- main -----------------------------------------------------------------------------------
     def run_training(self) -> RunDir:
-        import torch
 
         from mai_core.losses import ExpressionLoss
 
@@ -1009,12 +971,11 @@ class Trainer:
             if self.stop.set:
                 raise _StoppedEarly
             target = cache_dir() / "features" / f"train_{key}_view{v}.npy"
-            if target.is_file():
-                arr = np.load(target)
-                if arr.shape[0] == self.ds.n_train:
-                    feats.append(arr)
-                    continue
-            if model.image_size == 224 and hasattr(backbones, "extract_features"):
+            cached = backbones._read_cached(target, self.ds.n_train)
+            if cached is not None:
+                feats.append(cached)
+                continue
+            if model.image_size == 224:
                 if fe is None:
                     fe = _SharedExtractor(model)
                 imgs = self._images().cpu().numpy()
@@ -1140,7 +1101,7 @@ class Trainer:
     def _train_ridge(self) -> None:
         import torch
 
-        from mai_core.ridge import DEFAULT_ALPHAS, fit_ridge
+        from mai_core.ridge import DEFAULT_ALPHAS, fit_ridge, predict_ridge
 
         cfg = self.cfg
         cfg["optim"]["epochs"] = 1
@@ -1156,7 +1117,7 @@ class Trainer:
             head.bias.copy_(torch.from_numpy(fit.bias))
         val_loss, val_pcc = float("nan"), float("nan")
         if len(va):
-            z = (F_all[va] @ fit.weight + fit.bias).astype(np.float32)
+            z = predict_ridge(fit, F_all[va])
             val_loss, val_pcc = self.val_metrics(z)
             self.best_pcc, self.best_epoch = val_pcc, 1
         self.log(f"ridge: alpha {fit.alpha:g} (pca {fit.pca or 'off'}), val gene PCC {val_pcc:.4f}")
@@ -1188,8 +1149,9 @@ class Trainer:
             if self.is_main or self.world > 1:
                 load_state(model, ck) if ck.is_file() else None
             model = model.to(self.device)
-            tta = self.cfg["predict"]["tta"]
-            views = 8 if tta is True else (int(tta) if tta else 1)
+            from mai_core.predict import _tta_views
+
+            views = _tta_views(self.cfg)
             z = self.predict_z(model, self.val_idx, views)
             _, pcc = self.val_metrics(z)
             final["final_val_gene_pcc"] = pcc

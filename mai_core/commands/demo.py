@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_count, metavar="N", default=1,
                    help="processes rendering tiles (default 1; output is the same for any value)")
     p.add_argument("--if-missing", action="store_true",
-                   help="do nothing when OUT/train.csv already exists")
+                   help="do nothing when OUT already holds a demo dataset from this generator version")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
