@@ -47,8 +47,8 @@ def home() -> None:
     page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="home_page")
     chunk = shown[(page - 1) * per_page: page * per_page]
     cols = st.columns(6)
-    for k, sid in enumerate(chunk):
-        cols[k % 6].image(ds.image(sid, split), caption=sid, width="stretch")
+    for k, (sid, img) in enumerate(zip(chunk, ui.cached_images(ds, chunk, split) if chunk else [])):
+        cols[k % 6].image(img, caption=sid, width="stretch")
     if not chunk:
         st.info("No image matches this filter.")
 

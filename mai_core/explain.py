@@ -794,13 +794,22 @@ def gene_prefix(name: str) -> str:
     return found.upper() if found else name
 
 
+def gene_families(genes: Sequence[str]) -> list[str]:
+    """Name families (see :func:`gene_prefix`) of these genes, largest first (ties by name)."""
+    from collections import Counter
+
+    counts = Counter(gene_prefix(g) for g in genes)
+    return sorted(counts, key=lambda f: (-counts[f], f))
+
+
 def select_genes(available: Sequence[str], genes: Sequence[str] | None = None, prefix: str | None = None,
                  group: str | None = None, grouping=None, limit: int | None = None) -> list[str]:
     """Genes chosen by explicit names, a name prefix or a group of a Grouping; MaiError on no match."""
     available = list(available)
+    known = set(available)
     chosen: list[str] = []
     if genes:
-        problems = [_unknown(g, available, "gene", "the run's genes") for g in genes if g not in set(available)]
+        problems = [_unknown(g, available, "gene", "the run's genes") for g in genes if g not in known]
         if problems:
             raise MaiError(f"{len(problems)} requested gene(s) are not predicted by the run", problems)
         chosen.extend(genes)
@@ -821,7 +830,7 @@ def select_genes(available: Sequence[str], genes: Sequence[str] | None = None, p
         if str(group) not in members:
             raise MaiError(f"group {group!r} not in the run's grouping",
                            [Problem("group", f"{group!r} unknown", "groups: " + ", ".join(list(members)[:20]))])
-        chosen.extend(g for g in members[str(group)] if g in set(available))
+        chosen.extend(g for g in members[str(group)] if g in known)
     chosen = list(dict.fromkeys(chosen))
     if not chosen:
         raise MaiError("no genes selected", hint="pass --genes G1,G2 or --prefix PREFIX")

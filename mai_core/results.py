@@ -133,8 +133,12 @@ def run_summary(run) -> dict:
 
 
 def runs_table(runs=None) -> pd.DataFrame:
-    """Every run and ensemble of the workspace (or the given ones), newest first."""
+    """Every run and ensemble of the workspace (or the given ones), newest first by creation.
+
+    The order does not change while a run trains, so a selection of rows keeps pointing at the same runs.
+    """
     runs = list_runs() if runs is None else [_run(r) for r in runs]
+    runs.sort(key=lambda r: r.config_path.stat().st_mtime if r.config_path.is_file() else 0.0, reverse=True)
     cols = ["name", "kind", "backbone", "alpha", "beta", "grouping", "epochs", "best_val_gene_pcc", "time_s",
             "state", "path"]
     return pd.DataFrame([run_summary(r) for r in runs], columns=cols)

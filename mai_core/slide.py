@@ -52,7 +52,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 import warnings
@@ -66,6 +65,7 @@ import pandas as pd
 
 from mai_core.dataset import ID_COL, PATCH_SIZE, PATH_COL
 from mai_core.errors import MaiError, Problem
+from mai_core.io import atomic_path
 
 NORMS = ("log1p_cp10k", "log1p", "raw", "cp10k")
 DEFAULT_NORM = "log1p_cp10k"
@@ -429,7 +429,6 @@ def read_manifest(out) -> dict | None:
 
 def _save_section_store(out: Path, section: str, spots: list[str], genes: list[str], values: np.ndarray,
                         meta: dict[str, np.ndarray]) -> None:
-    from mai_core.io import atomic_path
 
     target = _store(out) / f"{section}.npz"
     with atomic_path(target, suffix=".npz") as tmp:
@@ -539,18 +538,12 @@ def _write_patches(out: Path, st: _Staged, ext: str, progress: bool) -> tuple[li
         patch, was_padded = cut_patch(st.image, int(st.centres[i, 0]), int(st.centres[i, 1]))
         padded += was_padded
         name = f"{st.spots[i]}{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=ext, dir=folder)
-        os.close(fd)
-        try:
+        with atomic_path(folder / name, suffix=ext) as tmp:
             im = Image.fromarray(np.ascontiguousarray(patch))
             if ext == ".png":
                 im.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
             else:
                 im.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-            os.replace(tmp, folder / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         rels.append(f"images/{st.section}/{name}")
     return rels, padded
 

@@ -37,6 +37,18 @@ def cached_dataset(path: str | os.PathLike) -> MAIDataset:
     return _load_cached(path, _dataset_stamp(path))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _images(path: str, fingerprint: str, split: str, ids: tuple[str, ...]):
+    data = cached_dataset(path)
+    index = data._index(split)
+    return data.images(split, [index[i] for i in ids])
+
+
+def cached_images(ds: MAIDataset, ids, split: str = "train"):
+    """uint8 N×224×224×3 images for these IDs, read from disk once per dataset version."""
+    return _images(str(ds.root), ds.fingerprint, split, tuple(ids))
+
+
 @st.cache_data(show_spinner="Checking dataset…", max_entries=8)
 def dataset_problems(path: str, stamp: tuple) -> list[Problem]:
     problems, _, _ = collect_problems(path)

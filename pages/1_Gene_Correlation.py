@@ -37,6 +37,9 @@ def _sub_correlation(fp: str, path: str, method: str, genes: tuple[str, ...]):
 
 path = str(ds.root)
 fp = ds.fingerprint
+if len(ds.genes) < 3:
+    st.error(f"gene-gene correlation needs at least 3 genes; this dataset has {len(ds.genes)}.")
+    st.stop()
 c1, c2, c3 = st.columns([1, 1, 2])
 method = c1.radio("Correlation", ["pearson", "spearman"], horizontal=True, key="corr_method",
                   format_func=str.capitalize)

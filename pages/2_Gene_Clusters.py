@@ -60,8 +60,8 @@ def _gmt(source: str, text: str | None) -> dict:
 path = str(ds.root)
 fp = ds.fingerprint
 n_genes = len(ds.genes)
-if n_genes < 3:
-    st.error(f"gene clustering needs at least 3 genes; this dataset has {n_genes}.")
+if n_genes < 4:
+    st.error(f"gene clustering needs at least 4 genes; this dataset has {n_genes}.")
     st.stop()
 
 controls, plot_col = st.columns([1, 3])

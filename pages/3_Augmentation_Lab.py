@@ -33,13 +33,6 @@ def scores(fingerprint: str, root: str, n: int, k: int, augs: tuple, seed: int, 
     return A.score_dataset(ui.cached_dataset(root), n=n, k=k, augs=list(augs), seed=seed, scorer=scorer(device))
 
 
-@st.cache_data(max_entries=4)
-def thumbnails(fingerprint: str, root: str, ids: tuple):
-    data = ui.cached_dataset(root)
-    index = {k: i for i, k in enumerate(data.ids)}
-    return data.images("train", [index[i] for i in ids])
-
-
 root = str(ds.root)
 device = st.sidebar.selectbox("Scoring device", ["auto", "cpu", "cuda"], key="aug_device",
                               help="auto: GPU when present")
@@ -61,7 +54,7 @@ if sc.uses_fallback:
 st.subheader("Preview")
 gallery_ids = tuple(ds.ids[:GALLERY])
 cols = st.columns(6)
-for i, (key, img) in enumerate(zip(gallery_ids, thumbnails(ds.fingerprint, root, gallery_ids))):
+for i, (key, img) in enumerate(zip(gallery_ids, ui.cached_images(ds, gallery_ids))):
     cols[i % 6].image(img, caption=key, width=96)
 
 c1, c2, c3 = st.columns([2, 3, 1])
@@ -164,6 +157,9 @@ if s2.button("Save policy", key="save_policy"):
     try:
         pol = A.select_policy(table, max_lpips, max_dino, name)
         path = A.save_policy(pol)
+        from mai_core.ui_training import policy_choices
+
+        policy_choices.clear()  # the sidebar's training form lists it right away
         st.success(f"Saved **{pol.name}** ({len(pol.items)} augmentations) to `{path}`: {pol.describe()}")
     except MaiError as exc:
         ui.show_error(exc)

@@ -66,7 +66,7 @@ event = st.dataframe(shown, hide_index=True, width="stretch", on_select="rerun",
                      key="results_runs_table",
                      column_config={"best val gene-PCC": st.column_config.NumberColumn(format="%.4f"),
                                     "time (s)": st.column_config.NumberColumn(format="%.0f")})
-rows = list(event.selection.rows) if event is not None else []
+rows = [r for r in (event.selection.rows if event is not None else []) if r < len(table)]
 selected = table.iloc[rows] if rows else table.iloc[:1]
 st.caption("Select rows to compare runs or build an ensemble; details show the first selected run.")
 paths = {r["name"]: r["path"] for _, r in table.iterrows()}

@@ -4,7 +4,6 @@ from mai_core import ui
 
 ds = ui.page_setup("Grad-CAM")
 
-import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 
 from mai_core import explain  # noqa: E402
@@ -21,13 +20,25 @@ def get_explainer(run_path: str, run_key: str, layer: str) -> explain.CamExplain
                                          disk_cache=cache_dir() / "gradcam")
 
 
-@st.cache_data(show_spinner="Computing maps…", max_entries=64)
+@st.cache_data(show_spinner="Computing maps…", max_entries=8)
 def get_cams(run_path: str, run_key: str, layer: str, data_root: str, fingerprint: str, split: str,
              ids: tuple[str, ...], genes: tuple[str, ...], method: str):
     data = ui.cached_dataset(data_root)
-    images = np.stack([data.image(i, split) for i in ids])
+    images = data.images(split, [data._index(split)[i] for i in ids])
     result = get_explainer(run_path, run_key, layer).explain(images, list(genes), method=method)
     return images, result.cams, result.predicted, result.layer
+
+
+@st.cache_data(show_spinner="Comparing maps…", max_entries=16)
+def get_similarity(run_path: str, run_key: str, layer: str, data_root: str, fingerprint: str, split: str,
+                   ids: tuple[str, ...], genes: tuple[str, ...], method: str):
+    _, cams, _, _ = get_cams(run_path, run_key, layer, data_root, fingerprint, split, ids, genes, method)
+    return explain.cam_similarity(cams, list(genes))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def gene_families(genes: tuple[str, ...]) -> list[str]:
+    return explain.gene_families(genes)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -85,8 +96,8 @@ if not matches:
     st.warning(f"No {split} image ID contains '{query}'.")
     st.stop()
 thumbs = st.columns(8)
-for col, i in zip(thumbs, matches[:8]):
-    col.image(ds.image(i, split), caption=i, width="stretch")
+for col, i, img in zip(thumbs, matches[:8], ui.cached_images(ds, matches[:8], split)):
+    col.image(img, caption=i, width="stretch")
 image_id = st.selectbox(f"Image ({len(matches)} matching)", matches, key="gc_image")
 
 # genes
@@ -95,8 +106,7 @@ if mode == "by name":
     chosen = st.multiselect("Genes", run_genes, default=run_genes[:3], key="gc_genes",
                             max_selections=MAX_GENES)
 elif mode == "by prefix":
-    families = sorted({explain.gene_prefix(g) for g in run_genes},
-                      key=lambda f: -sum(explain.gene_prefix(g) == f for g in run_genes))
+    families = gene_families(tuple(run_genes))
     prefix = st.text_input("Name prefix", value=families[0] if families else "", key="gc_prefix",
                            help="Common families: " + ", ".join(families[:12]))
     try:
@@ -113,7 +123,8 @@ else:
     else:
         grp = st.selectbox("Cluster (the run's grouping)", list(groups),
                            format_func=lambda g: f"{g} ({len(groups[g])} genes)", key="gc_group")
-        chosen = [g for g in groups[grp] if g in set(run_genes)]
+        available = set(run_genes)
+        chosen = [g for g in groups[grp] if g in available]
 if len(chosen) > MAX_GENES:
     st.caption(f"Showing the first {MAX_GENES} of {len(chosen)} genes.")
     chosen = chosen[:MAX_GENES]
@@ -172,9 +183,8 @@ if len(chosen) >= 2:
     n_sim = st.slider("Images used (the chosen one and the next matching IDs)", 1, 16, 4, key="gc_sim_images")
     start = matches.index(image_id)
     sim_ids = tuple((matches[start:] + matches[:start])[:n_sim])
-    _, sim_cams, _, _ = get_cams(str(run.path), key, layer.strip(), str(ds.root), ds.fingerprint, split, sim_ids,
-                                 tuple(chosen), method)
-    sim = explain.cam_similarity(sim_cams, chosen)
+    sim = get_similarity(str(run.path), key, layer.strip(), str(ds.root), ds.fingerprint, split, sim_ids,
+                         tuple(chosen), method)
     fig = go.Figure(go.Heatmap(z=sim.to_numpy(), x=chosen, y=chosen, zmin=-1, zmax=1, colorscale="RdBu_r",
                                colorbar=dict(title="r")))
     fig.update_yaxes(autorange="reversed")
