@@ -1060,6 +1060,7 @@ class Trainer:
                 if self.stop.set:
                     break
             if self.stop.set:
+                self._save_best(model, best_sd)  # held in memory only: keep it for the resumed run
                 self.save_checkpoint(epoch, 0, gstep)
                 return
             model.heads.eval()
@@ -1089,13 +1090,16 @@ class Trainer:
                 self.status(state="running", epoch=epoch + 1, epochs=epochs, progress=(epoch + 1) / epochs,
                             eta_s=round(rate * (epochs - epoch - 1), 1), best_val_gene_pcc=self.best_pcc,
                             force=epoch + 1 == epochs)
+        self._save_best(model, best_sd)
+        self.log(f"frozen heads: best val gene PCC {self.best_pcc} at epoch {self.best_epoch}")
+
+    def _save_best(self, model, best_sd) -> None:
         if self.is_main and best_sd is not None:
             from mai_core.model import save_state
 
             best_model = copy.deepcopy(model)
             best_model.load_state_dict(best_sd)
             save_state(best_model, self.run.best_checkpoint)
-        self.log(f"frozen heads: best val gene PCC {self.best_pcc} at epoch {self.best_epoch}")
 
     # -- ridge baseline -------------------------------------------------------------------------
     def _train_ridge(self) -> None:
