@@ -8,7 +8,7 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from mai_core import ui
+from mai_core import app as ui
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -24,7 +24,7 @@ def home() -> None:
         "augmentations, training runs and per-gene Grad-CAM with the pages in the sidebar."
     )
 
-    problems = ui.dataset_problems(str(ds.root), ui._dataset_stamp(str(ds.root)))
+    problems = ui.dataset_problems(str(ds.root), ui.dataset_stamp(str(ds.root)))
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Training patches", f"{ds.n_train:,}")
     c2.metric("Test patches", f"{ds.n_test:,}")

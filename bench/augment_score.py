@@ -24,20 +24,12 @@ AUGS = ["HorizontalFlip", "VerticalFlip", "RandomRotate90", "ShiftScaleRotate", 
         "HueSaturationValue", "HEDJitter", "GaussianBlur"]
 
 
-def synthetic_tissue(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
-    """Smooth stained blobs with noise on a light background (uint8 N x H x W x 3)."""
+def synthetic_tissue(n: int, seed: int = 0) -> np.ndarray:
+    """Demo H&E tiles (the embedded demo's renderer), uint8 N x 224 x 224 x 3."""
+    from mai_core.data.demo import render_tile
+
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    for i in range(n):
-        field = np.zeros((size, size))
-        for _ in range(12):
-            cy, cx, r = rng.random(), rng.random(), 0.03 + 0.1 * rng.random()
-            field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        field = np.clip(field, 0, 1)[..., None]
-        out[i] = np.clip(np.array([235, 220, 230]) * (1 - field) + np.array([110, 50, 140]) * field
-                         + rng.normal(0, 8, (size, size, 3)), 0, 255)
-    return out
+    return np.stack([render_tile(rng)[0] for _ in range(n)])
 
 
 def per_image_loop(images, augs, scorer, seed):
@@ -74,7 +66,7 @@ def main() -> int:
 
     if args.data:
         from mai_core.augment import sample_indices
-        from mai_core.dataset import load_dataset
+        from mai_core.data.dataset import load_dataset
 
         ds = load_dataset(args.data)
         images = ds.images("train", sample_indices(ds.n_train, args.n, 0))

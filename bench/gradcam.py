@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mai_core import explain as E  # noqa: E402
 from mai_core.cli import main as cli  # noqa: E402
-from mai_core.dataset import load_dataset  # noqa: E402
+from mai_core.data.dataset import load_dataset  # noqa: E402
 
 
 def _interleaved(fns: dict, repeats: int) -> dict:
@@ -59,7 +59,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gradcam_bench_"))
     data = Path(args.data) if args.data else work / "demo"
     if not args.data:
-        from mai_core.demo import generate_demo
+        from mai_core.data.demo import generate_demo
 
         generate_demo(data, n_train=120, n_test=40, n_genes=60, seed=0)
     run = Path(args.run) if args.run else work / "ridge"
@@ -136,7 +136,7 @@ def main() -> int:
     # ---- prefix similarity -------------------------------------------------------------------------
     fams: dict[str, list[str]] = {}
     for g in ex.genes:
-        fams.setdefault(E.gene_prefix(g), []).append(g)
+        fams.setdefault(E.gene_family(g), []).append(g)
     multi = [g for f, gs in sorted(fams.items(), key=lambda kv: -len(kv[1])) if len(gs) > 1 for g in gs[:4]][:16]
     res = ex.explain(imgs[:12], multi)
     sim = E.cam_similarity(res.cams, multi)

@@ -67,8 +67,8 @@ def prepare(work: Path, top_genes: int) -> tuple[Path, Path]:
     """Import C2–C5 once; split into a C2–C4 training folder and a C5 test folder (hard links)."""
     import pandas as pd
 
-    from mai_core.dataset import write_dataset
-    from mai_core.slide import import_her2st
+    from mai_core.data.dataset import write_dataset
+    from mai_core.data.importer import import_her2st
 
     full = work / "her2st_all"
     if not (full / "train.csv").exists():
@@ -86,7 +86,7 @@ def prepare(work: Path, top_genes: int) -> tuple[Path, Path]:
     return train_dir, test_dir
 
 def evaluate_on(run: Path, test_dir: Path, train_dir: Path) -> dict:
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
     from mai_core.metrics import gene_pearson, top_variable_genes
     from mai_core.runs import load_predictor
 
@@ -113,8 +113,8 @@ def main() -> int:
         return 0
     work = Path(args.work)
     os.environ.setdefault("MAI_WORKSPACE", str(work / "ws"))
-    from mai_core.ensemble import build_ensemble
-    from mai_core.train import resolve_config, train
+    from mai_core.runs.ensemble import build_ensemble
+    from mai_core.training import resolve_config, train
 
     train_dir, test_dir = prepare(work, args.top_genes)
     names = [s for s in args.strategies.split(",") if s]

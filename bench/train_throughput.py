@@ -30,9 +30,9 @@ def naive_images_per_s(data: Path, backbone: str, n: int, bs: int, device: str, 
     import torch
     from torch.utils.data import DataLoader
 
-    from mai_core.dataset import load_dataset
-    from mai_core.losses import pearson_loss
-    from mai_core.model import build_model
+    from mai_core.data.dataset import load_dataset
+    from mai_core.models.losses import pearson_loss
+    from mai_core.models.model import build_model
 
     ds = load_dataset(data)
     idx = np.arange(min(n, ds.n_train))
@@ -76,7 +76,7 @@ def naive_images_per_s(data: Path, backbone: str, n: int, bs: int, device: str, 
 
 def ours(data: Path, out: Path, backbone: str, n: int, bs: int, device: str, epochs: int, kind: str) -> dict:
     from mai_core.runs import read_metrics
-    from mai_core.train import resolve_config, train
+    from mai_core.training import resolve_config, train
 
     over = {"data": str(data), "model": {"backbone": backbone, "kind": kind},
             "optim": {"epochs": epochs, "batch_size": bs, "ema": 0.0},
@@ -105,8 +105,8 @@ def main() -> int:
 
     import torch
 
-    from mai_core.backbones import resolve_device
-    from mai_core.dataset import load_dataset, write_dataset
+    from mai_core.models.backbones import resolve_device
+    from mai_core.data.dataset import load_dataset, write_dataset
 
     dev = str(resolve_device(args.device))
     tmp = Path(tempfile.mkdtemp(prefix="mai_bench_"))
@@ -114,7 +114,7 @@ def main() -> int:
     if args.data:
         src = load_dataset(args.data)
     else:
-        from mai_core.demo import generate_demo
+        from mai_core.data.demo import generate_demo
 
         generate_demo(tmp / "demo", n_train=args.n, n_test=2, n_genes=100, seed=0)
         src = load_dataset(tmp / "demo")
@@ -138,7 +138,7 @@ def main() -> int:
     print(f"mai_core train, full fine-tune               : {o['imgs_per_s']:8.1f} img/s   "
           f"(x{o['imgs_per_s'] / naive:.2f} vs naive)")
     from mai_core.runs import read_metrics
-    from mai_core.train import resolve_config, train
+    from mai_core.training import resolve_config, train
 
     cfg = resolve_config({"data": str(data), "model": {"backbone": args.backbone, "train_blocks": 2},
                           "optim": {"epochs": args.epochs, "batch_size": args.batch_size, "ema": 0.0},

@@ -49,13 +49,3 @@ def jobs_dir() -> Path:
 
 def demo_dir() -> Path:
     return workspace_dir() / "demo"
-
-
-def ensure_demo(progress: bool = False) -> Path:
-    """Return the demo dataset folder, generating it (deterministically) if absent."""
-    out = demo_dir()
-    from mai_core.demo import generate_demo, is_current_demo
-
-    if not is_current_demo(out):
-        generate_demo(out, progress=progress)
-    return out

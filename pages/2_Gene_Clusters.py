@@ -1,6 +1,6 @@
 import streamlit as st
 
-from mai_core import ui
+from mai_core import app as ui
 
 ds = ui.page_setup("Gene Clusters")
 

@@ -6,7 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from mai_core import augment as A
-from mai_core import ui
+from mai_core import app as ui
 from mai_core.errors import MaiError
 
 ds = ui.page_setup("Augmentation Lab")
@@ -157,7 +157,7 @@ if s2.button("Save policy", key="save_policy"):
     try:
         pol = A.select_policy(table, max_lpips, max_dino, name)
         path = A.save_policy(pol)
-        from mai_core.ui_training import policy_choices
+        from mai_core.app.training import policy_choices
 
         policy_choices.clear()  # the sidebar's training form lists it right away
         st.success(f"Saved **{pol.name}** ({len(pol.items)} augmentations) to `{path}`: {pol.describe()}")

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from mai_core import ui
+from mai_core import app as ui
 
 ds = ui.page_setup("Results & ensembles")
 
@@ -11,9 +11,9 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
-from mai_core import results  # noqa: E402
+from mai_core.runs import compare as results  # noqa: E402
 from mai_core.errors import MaiError  # noqa: E402
-from mai_core.runs import RunDir, read_metrics  # noqa: E402
+from mai_core.runs import RunDir, build_ensemble, read_metrics  # noqa: E402
 from mai_core.workspace import cache_dir, runs_dir  # noqa: E402
 
 
@@ -190,8 +190,8 @@ with tab_cmp:
         if build:
             try:
                 with st.spinner("Building the ensemble…"):
-                    ens = results.build_ensemble([paths[m] for m in members], runs_dir() / ens_name.strip(),
-                                                 weights=weighting)
+                    ens = build_ensemble([paths[m] for m in members], runs_dir() / ens_name.strip(),
+                                         weights=weighting, overwrite=False)
                 st.success(f"Ensemble **{ens.name}** written to `{ens.path}`.")
                 cmp = results.compare_runs([paths[m] for m in members] + [str(ens.path)])
                 st.dataframe(cmp, hide_index=True, width="stretch")

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from mai_core import ui
+from mai_core import app as ui
 
 ds = ui.page_setup("Grad-CAM")
 
@@ -24,7 +24,7 @@ def get_explainer(run_path: str, run_key: str, layer: str) -> explain.CamExplain
 def get_cams(run_path: str, run_key: str, layer: str, data_root: str, fingerprint: str, split: str,
              ids: tuple[str, ...], genes: tuple[str, ...], method: str):
     data = ui.cached_dataset(data_root)
-    images = data.images(split, [data._index(split)[i] for i in ids])
+    images = data.images(split, [data.index(split)[i] for i in ids])
     result = get_explainer(run_path, run_key, layer).explain(images, list(genes), method=method)
     return images, result.cams, result.predicted, result.layer
 
@@ -43,7 +43,7 @@ def gene_families(genes: tuple[str, ...]) -> list[str]:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def run_grouping(path: str, stamp: int):
-    from mai_core.grouping import load_grouping
+    from mai_core.genes.grouping import load_grouping
 
     return load_grouping(path).members()
 

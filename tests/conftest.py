@@ -21,7 +21,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small demo dataset (deterministic), generated once per test session."""
-    from mai_core.demo import generate_demo
+    from mai_core.data.demo import generate_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     generate_demo(out, n_train=120, n_test=40, n_genes=60, seed=0)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import mai_core.backbones as B
+import mai_core.models.backbones as B
+from mai_core import device as D
+from mai_core.models.backbones import features as BF, weights as BW
 from mai_core.errors import MaiError
 
 PKG = B.BACKBONES["efficientnet_lite0"].offline_package
@@ -27,7 +29,7 @@ def _workspace(tmp_path, monkeypatch):
 @pytest.fixture()
 def no_hub_cache(monkeypatch):
     """Make resolution independent of whatever the timm/HF cache on this machine holds."""
-    monkeypatch.setattr(B, "_local_hub_file", lambda name: None)
+    monkeypatch.setattr(BW, "_local_hub_file", lambda name: None)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def lite0():
     if PKG.file_path() is None:
         pytest.skip(f"{PKG.pip_name} not installed")
     mp = pytest.MonkeyPatch()
-    mp.setattr(B, "_local_hub_file", lambda name: None)
+    mp.setattr(BW, "_local_hub_file", lambda name: None)
     try:
         fe, info = B.create_feature_extractor("efficientnet_lite0", weights="package")
     finally:
@@ -108,7 +110,7 @@ def test_unknown_name_suggests_close_matches():
 def test_gradcam_layer_exists_for_every_entry(name):
     spec = B.get_spec(name)
     with torch.device("meta"):  # architecture only: no memory, no weights
-        model = B._new_model(spec.timm_name, num_classes=0)
+        model = BW._new_model(spec.timm_name, num_classes=0)
     layer, reshape = B.gradcam_target(model, name)
     assert isinstance(layer, torch.nn.Module)
     assert (reshape is not None) == spec.tokens
@@ -125,13 +127,13 @@ def test_tokens_to_map_drops_prefix_tokens():
 
 
 def test_resolve_device():
-    assert B.resolve_device("cpu").type == "cpu"
-    assert B.resolve_device("auto").type in ("cpu", "cuda")
+    assert D.resolve_device("cpu").type == "cpu"
+    assert D.resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(MaiError, match="not a device name|unknown device"):
-        B.resolve_device("tpu")
+        D.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(MaiError, match="CUDA is not available"):
-            B.resolve_device("cuda:1")
+            D.resolve_device("cuda:1")
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -334,7 +336,7 @@ def test_extract_features_cache_hit_skips_model(tmp_path, monkeypatch, no_hub_ca
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(B, "create_feature_extractor", counting)
+    monkeypatch.setattr(BF, "create_feature_extractor", counting)
     x = he_like(3, seed=1, size=64)
     kw = dict(weights="random", cache_key="demo", cache_dir=tmp_path / "feat", progress=False, device="cpu",
               batch_size=2)
@@ -393,7 +395,7 @@ def test_timm_hub_cache_on_disk_is_used_offline(tmp_path, monkeypatch):
     hf_constants = pytest.importorskip("huggingface_hub.constants")
     src, _ = B.create_backbone("resnet18", weights="random", keep_classifier=True)
     sd = {k: v + 0.25 if v.is_floating_point() else v for k, v in src.state_dict().items()}
-    repo = B._pretrained_cfg("resnet18")["hf_hub_id"]  # e.g. timm/resnet18.a1_in1k
+    repo = BW._pretrained_cfg("resnet18")["hf_hub_id"]  # e.g. timm/resnet18.a1_in1k
     cache = tmp_path / "hf"
     snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
     snap.mkdir(parents=True)

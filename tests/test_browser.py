@@ -75,7 +75,7 @@ def server(demo_dir, tmp_path):
 
 def _fake_job(ws: Path, name: str, pid: int, state: str = "running") -> Path:
     """A job record + run dir as the queue runner and training would leave them."""
-    from mai_core.jobs import process_start_time
+    from mai_core.procs import process_start_time
 
     run = ws / "runs" / name
     run.mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mai_core.cli import main
-from mai_core.dataset import collect_problems, load_dataset, read_id_path_csv
+from mai_core.data.dataset import collect_problems, load_dataset, read_id_path_csv
 from mai_core.errors import MaiError
 
 

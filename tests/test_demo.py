@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from mai_core.cli import main
-from mai_core.dataset import load_dataset
-from mai_core.demo import MODULES, _gene_catalogue, generate_demo, render_tile
+from mai_core.data.dataset import load_dataset
+from mai_core.data.demo import MODULES, _gene_catalogue, generate_demo, render_tile
 from mai_core.errors import MaiError
 
 TEXT_FILES = ("train.csv", "test.csv", "test_truth.csv", "activities.csv", "modules.gmt", "truth.json")

@@ -258,8 +258,8 @@ def test_overlay_blends_with_opacity():
 
 
 def test_gene_selection_by_name_prefix_and_errors():
-    assert E.gene_prefix("AL357054.4") == "AL" and E.gene_prefix("LINC01770") == "LINC"
-    assert E.gene_prefix("MT-CO1") == "MT"
+    assert E.gene_family("AL357054.4") == "AL" and E.gene_family("LINC01770") == "LINC"
+    assert E.gene_family("MT-CO1") == "MT"
     assert E.select_genes(GENES, prefix="linc") == ["LINC01770", "LINC01781"]
     assert E.select_genes(GENES, genes=["KRT19"], prefix="AL") == ["KRT19", "AL357054.4", "AL391244.2"]
     with pytest.raises(MaiError) as exc:
@@ -285,7 +285,7 @@ def tiny_run(demo_dir, tmp_path_factory):
 def test_cli_writes_overlays_maps_and_index(tiny_run, demo_dir, tmp_path, capsys):
     from PIL import Image
 
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
 
     ds = load_dataset(demo_dir)
     genes = ds.genes[:2]
@@ -336,7 +336,7 @@ def test_cli_unknown_gene_or_id_exits_2_with_close_matches(tiny_run, demo_dir, t
 @pytest.mark.slow
 def test_maps_point_at_the_planted_regions(demo_dir, tmp_path):
     """Ridge on pretrained EfficientNet-Lite0 features: module genes' maps fall on their regions."""
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
     from mai_core.runs import RunDir
 
     run = tmp_path / "ridge"

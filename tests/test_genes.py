@@ -11,9 +11,9 @@ from scipy.stats import spearmanr
 
 from mai_core import genes as G
 from mai_core.cli import main as cli_main
-from mai_core.dataset import load_dataset
+from mai_core.data.dataset import load_dataset
 from mai_core.errors import MaiError
-from mai_core.grouping import load_grouping
+from mai_core.genes.grouping import load_grouping
 
 
 def planted(n=240, sizes=(15, 12, 10, 8), n_noise=10, seed=0):

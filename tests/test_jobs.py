@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mai_core import jobs
+from mai_core.device import device_name
+from mai_core.procs import process_alive, process_start_time
+from mai_core.runs import jobs, jobstore
 from mai_core.errors import MaiError
 
 FAKE_TRAIN = textwrap.dedent(
@@ -146,7 +148,7 @@ def test_vanished_process_detected_without_runner(workspace, fake_train):
     (run / "log.txt").write_text("epoch 1\nerror: CUDA out of memory\nhint: lower the batch size\n")
     rec = {"id": "ghost", "run_dir": str(run), "device": "cpu", "argv": ["x"], "state": "running",
            "queued_at": 1.0, "pid": 999999, "pid_start": 1, "runner_pid": 999998}
-    (jobs._jobs_dir() / "ghost.json").write_text(json.dumps(rec))
+    (jobstore.jobs_root() / "ghost.json").write_text(json.dumps(rec))
     info = jobs.job_info("ghost")
     assert info.state == "failed"
     assert "process 999999 exited without finishing (killed?)" in info.error
@@ -155,8 +157,8 @@ def test_vanished_process_detected_without_runner(workspace, fake_train):
 
 def test_pid_reuse_is_not_mistaken_for_the_job(workspace):
     me = os.getpid()
-    assert jobs.process_alive(me, jobs.process_start_time(me))
-    assert not jobs.process_alive(me, jobs.process_start_time(me) + 12345)  # same pid, other process
+    assert process_alive(me, process_start_time(me))
+    assert not process_alive(me, process_start_time(me) + 12345)  # same pid, other process
 
 
 def test_failed_job_explains_error_in_words(workspace, fake_train):
@@ -186,7 +188,7 @@ def test_bad_specs_are_rejected_with_clear_errors(workspace, fake_train):
     with pytest.raises(MaiError, match="already exists"):
         jobs.submit(jobs.TrainSpec(data=str(workspace), name="dup"), spawn=False)
     with pytest.raises(MaiError, match="unknown device"):
-        jobs.resolve_device("tpu")
+        device_name("tpu")
     jobs.wait("dup", timeout_s=20)
 
 

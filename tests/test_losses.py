@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from mai_core.errors import MaiError
-from mai_core.losses import ExpressionLoss, covariance_loss, pearson_loss, validate_weights
-from mai_core.model import GeneModel, set_trainable_blocks
+from mai_core.models.losses import ExpressionLoss, covariance_loss, pearson_loss, validate_weights
+from mai_core.models.model import GeneModel, set_trainable_blocks
 
 
 def _data(b=8, g=12, seed=0):

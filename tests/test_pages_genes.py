@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mai_core.grouping import load_grouping
+from mai_core.genes.grouping import load_grouping
 
 REPO = Path(__file__).resolve().parents[1]
 # the first run of the clusters page compiles UMAP's numba kernels

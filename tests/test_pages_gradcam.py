@@ -81,7 +81,7 @@ def test_page_shows_overlays_predictions_and_similarity(app_env, compute_calls):
     assert len(compute_calls) == n_calls
 
     # a gene family by prefix: one overlay per matching gene
-    prefix = explain.gene_prefix(genes[0])
+    prefix = explain.gene_family(genes[0])
     family = [g for g in genes if g.upper().startswith(prefix)][:24]
     at.radio(key="gc_mode").set_value("by prefix").run()
     at.text_input(key="gc_prefix").set_value(prefix).run()

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mai_core import jobs
+from mai_core.runs import jobs
 from mai_core.runs import RunDir, read_metrics, write_config, write_status
-from mai_core.ui_training import REFRESH_KEY
+from mai_core.app.training import REFRESH_KEY
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "4_Results.py")
 FAST = ["--image-size", "64", "--tta", "off", "--val-fraction", "0.2"]

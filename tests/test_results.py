@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mai_core import results
+from mai_core.runs import build_ensemble
+from mai_core.runs import compare as results
 from mai_core.errors import MaiError
-from mai_core.grouping import Grouping
+from mai_core.genes.grouping import Grouping
 from mai_core.runs import RunDir, write_config, write_status
 
 
@@ -141,7 +142,7 @@ def test_missing_or_malformed_predictions_raise_clear_errors(tmp_path):
     with pytest.raises(MaiError, match="malformed"):
         results.load_val_predictions(run)
     with pytest.raises(MaiError, match="at least two runs"):
-        results.build_ensemble([run], tmp_path / "e")
+        build_ensemble([run], tmp_path / "e")
 
 
 def test_build_ensemble_and_compare_with_members(tmp_path):
@@ -154,11 +155,11 @@ def test_build_ensemble_and_compare_with_members(tmp_path):
         run.checkpoints_dir.mkdir()
         run.best_checkpoint.write_bytes(b"stand-in")  # the ensemble references checkpoints, never reads them here
         members.append(run)
-    ens = results.build_ensemble(members, tmp_path / "ens")
+    ens = build_ensemble(members, tmp_path / "ens", overwrite=False)
     assert ens.kind == "ensemble"
     cmp = results.compare_runs(members + [ens]).set_index("name")
     assert cmp.loc["ens", "kind"] == "ensemble"
     # averaging two independently noisy predictions beats each of them
     assert cmp.loc["ens", "val_gene_pcc"] > cmp.loc[["m0", "m1"], "val_gene_pcc"].max()
     with pytest.raises(MaiError, match="already exists"):
-        results.build_ensemble(members, tmp_path / "ens")
+        build_ensemble(members, tmp_path / "ens", overwrite=False)

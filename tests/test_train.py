@@ -75,7 +75,7 @@ def test_run_directory_layout(run1):
 
 
 def test_val_predictions_match_a_reloaded_predictor(run1, demo_dir):
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
     from mai_core.runs import load_predictor
 
     r = RunDir(run1)
@@ -164,14 +164,14 @@ def test_ridge_run_works_with_predict_and_evaluate(ridge_run, demo_dir):
     assert cfg["model"]["kind"] == "ridge" and cfg["predict"]["tta"] is False
     m = read_metrics(r)
     assert len(m) == 1 and m["ridge_alpha"].iloc[0] > 0
-    from mai_core.predict import evaluate_run
+    from mai_core.runs.predict import evaluate_run
 
     res = evaluate_run(ridge_run, demo_dir, split="test", progress=False)
     assert res["n_samples"] == 40 and np.isfinite(res["gene_pcc_mean"])
 
 
 def test_ensemble_predicts_the_mean_of_its_members(run1, ridge_run, ws, demo_dir):
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
     from mai_core.runs import load_predictor
 
     out = ws / "runs" / "ens"
@@ -205,7 +205,7 @@ def test_ensemble_refuses_members_with_different_genes(run1, ws, capsys):
 
 
 def test_grouped_heads_and_frozen_model(demo_dir, ws, run1):
-    from mai_core.grouping import Grouping
+    from mai_core.genes.grouping import Grouping
 
     genes = RunDir(run1).read_genes()
     gpath = ws / "groups.csv"
@@ -290,7 +290,7 @@ def test_torchrun_two_processes_on_gloo_write_one_run(demo_dir, ws, tmp_path):
 
 
 def test_config_precedence_defaults_then_file_then_flags(tmp_path):
-    from mai_core.train import resolve_config
+    from mai_core.training import resolve_config
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("optim:\n  epochs: 5\n  lr: 0.01\nloss:\n  alpha: 0.2\n")
@@ -303,7 +303,7 @@ def test_config_precedence_defaults_then_file_then_flags(tmp_path):
 
 def test_config_file_typos_are_reported(tmp_path):
     from mai_core.errors import MaiError
-    from mai_core.train import resolve_config
+    from mai_core.training import resolve_config
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("optim:\n  epoch: 5\nmodle:\n  kind: ridge\n")
@@ -314,9 +314,9 @@ def test_config_file_typos_are_reported(tmp_path):
 
 
 def test_split_modes(demo_dir):
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
     from mai_core.errors import MaiError
-    from mai_core.train import make_split
+    from mai_core.training import make_split
 
     ds = load_dataset(demo_dir)
     tr, va, _ = make_split(ds, {"val_fraction": 0.25}, seed=3)
@@ -333,7 +333,7 @@ def test_split_by_section_holds_out_whole_sections():
     from types import SimpleNamespace
 
     from mai_core.errors import MaiError
-    from mai_core.train import make_split
+    from mai_core.training import make_split
 
     df = pd.DataFrame({"ID": [f"s{i}" for i in range(12)], "section": ["C2", "C3", "C4", "C5"] * 3})
     ds = SimpleNamespace(n_train=12, train=df, root=Path("."))

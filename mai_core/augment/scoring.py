@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from mai_core.augment.ops import AUGMENTATIONS, apply_aug, as_float_batch, get_spec, parse_aug_names
+from mai_core.device import resolve_device
 from mai_core.errors import MaiError, Problem
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -178,7 +179,7 @@ class _EfficientNetFeatures:
     """Both substitute metrics from one EfficientNet-Lite0 forward pass."""
 
     def __init__(self, device: torch.device):
-        from mai_core.backbones import create_backbone
+        from mai_core.models.backbones import create_backbone
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a random-init warning is surfaced through ``note`` instead
@@ -207,10 +208,7 @@ class _EfficientNetFeatures:
         return 0.5 * (fa["pooled"] - fb["pooled"]).pow(2).sum(dim=1)
 
 
-def _resolve_device(device):
-    from mai_core.backbones import resolve_device
 
-    return resolve_device(device)
 
 
 class PerceptualScorer:
@@ -224,7 +222,7 @@ class PerceptualScorer:
     def __init__(self, device="auto", batch_size: int = 32, lpips_weights=None, dino_weights=None,
                  use_pretrained_metrics: bool = True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.notes: list[str] = []
         self._lpips = self._dino = self._fallback = None
@@ -363,7 +361,7 @@ def augment_images(images, aug: str, seed: int = 0, params: dict | None = None, 
     """Apply one augmentation (p = 1) to uint8 N x H x W x 3 images; returns uint8 images.
     Uses the same random stream as :func:`score_augmentations` for the same seed."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    x = as_float_batch(x).to(_resolve_device(device))
+    x = as_float_batch(x).to(resolve_device(device))
     g = torch.Generator().manual_seed(aug_seed(seed, aug))
     xa, _ = apply_aug(aug, x, g=g, p=1.0, params=params)
     return (xa.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

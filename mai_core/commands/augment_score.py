@@ -64,7 +64,7 @@ def run(args) -> int:
     augs = parse_aug_names(args.augs)  # validate before the slow part
 
     from mai_core.augment import PerceptualScorer, kept_mask, save_policy, score_dataset, select_policy
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
     from mai_core.io import write_csv
 
     ds = load_dataset(args.data)

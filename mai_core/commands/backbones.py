@@ -11,7 +11,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from mai_core.backbones import list_backbones, plan_weights
+    from mai_core.models.backbones import list_backbones, plan_weights
     from mai_core.errors import MaiError
 
     specs = list_backbones(cpu_friendly=True if args.cpu else None)

@@ -37,7 +37,7 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from mai_core.demo import generate_demo, is_current_demo, summarize
+    from mai_core.data.demo import generate_demo, is_current_demo, summarize
 
     out = Path(args.out).expanduser()
     if args.if_missing and is_current_demo(out):

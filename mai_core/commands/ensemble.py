@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from mai_core.ensemble import build_ensemble
+    from mai_core.runs.ensemble import build_ensemble
     from mai_core.runs import read_config, read_status
 
     ens = build_ensemble(args.runs, args.out, weights=args.weights)

@@ -34,7 +34,7 @@ def format_table(metrics: dict) -> str:
 
 
 def run(args) -> int:
-    from mai_core.predict import evaluate_run
+    from mai_core.runs.predict import evaluate_run
     from mai_core.io import write_json
 
     tta = None if args.tta is None else args.tta == "on"

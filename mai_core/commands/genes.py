@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mai_core import genes as G
-    from mai_core.dataset import load_dataset
+    from mai_core.data.dataset import load_dataset
 
     method = str(args.method).strip().lower()
     if method not in METHODS:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pool_small(grouping, min_size: int, label: str):
-    from mai_core.grouping import Grouping
+    from mai_core.genes.grouping import Grouping
 
     members = grouping.members()
     groups = [g if len(members[g]) >= min_size else label for g in grouping.groups]

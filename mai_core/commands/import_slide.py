@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from mai_core.slide import DEFAULT_MAX_PIXELS, format_summary, import_slide
+    from mai_core.data.importer import format_summary, import_slide
+    from mai_core.data.slideimage import DEFAULT_MAX_PIXELS
 
     info = import_slide(
         args.image, args.spots, args.counts, args.section, args.out, norm=args.norm, genes=args.genes,

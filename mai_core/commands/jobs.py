@@ -45,10 +45,12 @@ def _fmt_eta(s) -> str:
 def run(args) -> int:
     import json
 
-    from mai_core import jobs
+    from mai_core.runs import jobs
 
     if args.action == "run-queue":
-        jobs.run_queue(args.device)
+        from mai_core.runs.queue import run_queue
+
+        run_queue(args.device)
         return 0
     if args.action == "list":
         infos = jobs.list_jobs()

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from mai_core.predict import predict_csv
+    from mai_core.runs.predict import predict_csv
 
     tta = None if args.tta is None else args.tta == "on"
     out = predict_csv(args.run, args.csv, args.out, device=args.device, progress=not args.quiet, tta=tta)

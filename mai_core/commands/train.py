@@ -107,7 +107,7 @@ def run(args) -> int:
 
     from mai_core.errors import MaiError, Problem
     from mai_core.runs import RunDir, read_config
-    from mai_core.train import resolve_config, train
+    from mai_core.training import resolve_config, train
 
     overrides = overrides_from_args(args)
     out = Path(args.out)

@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from mai_core.dataset import collect_problems
+    from mai_core.data.dataset import collect_problems
     from mai_core.errors import MaiError
 
     problems, train, test = collect_problems(args.data, check_images=not args.quick)

@@ -1,0 +1,124 @@
+"""Streamlit helpers shared by ``app.py`` and ``pages/*``: page set-up, dataset choice, cached loaders.
+
+The only module of the library (with ``ui_training``) that imports streamlit; pages stay thin.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from mai_core.data.dataset import MAIDataset, collect_problems, load_dataset
+from mai_core.errors import MaiError, Problem
+
+DEMO_LABEL = "Demo dataset (embedded)"
+
+
+def dataset_stamp(path: str) -> tuple:
+    root = Path(path)
+    stamps = []
+    for name in ("train.csv", "test.csv"):
+        p = root / name
+        stamps.append(p.stat().st_mtime_ns if p.exists() else 0)
+    return tuple(stamps)
+
+
+@st.cache_resource(show_spinner="Loading dataset…", max_entries=4)
+def _load_cached(path: str, stamp: tuple) -> MAIDataset:
+    return load_dataset(path)
+
+
+def cached_dataset(path: str | os.PathLike) -> MAIDataset:
+    """Load (and validate) a dataset once per file version; shared across sessions and pages."""
+    path = str(Path(path).expanduser().resolve())
+    return _load_cached(path, dataset_stamp(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _images(path: str, fingerprint: str, split: str, ids: tuple[str, ...]):
+    data = cached_dataset(path)
+    index = data.index(split)
+    return data.images(split, [index[i] for i in ids])
+
+
+def cached_images(ds: MAIDataset, ids, split: str = "train"):
+    """uint8 N×224×224×3 images for these IDs, read from disk once per dataset version."""
+    return _images(str(ds.root), ds.fingerprint, split, tuple(ids))
+
+
+@st.cache_data(show_spinner="Checking dataset…", max_entries=8)
+def dataset_problems(path: str, stamp: tuple) -> list[Problem]:
+    problems, _, _ = collect_problems(path)
+    return problems
+
+
+@st.cache_resource(show_spinner="Generating the demo dataset (first start only)…")
+def _demo_path() -> str:
+    from mai_core.data.demo import ensure_demo
+
+    return str(ensure_demo())
+
+
+def default_dataset_path() -> str:
+    env = os.environ.get("MAI_DATA")
+    return str(Path(env).expanduser().resolve()) if env else _demo_path()
+
+
+def sidebar_dataset() -> MAIDataset | None:
+    """Dataset chooser in the sidebar; the choice is shared by all pages of the session."""
+    default = default_dataset_path()
+    if "dataset_path" not in st.session_state:
+        st.session_state["dataset_path"] = default
+    with st.sidebar:
+        st.markdown("### Dataset")
+        choice = st.radio("Source", [DEMO_LABEL, "Folder path"], key="dataset_source",
+                          index=0 if st.session_state["dataset_path"] == default else 1,
+                          label_visibility="collapsed")
+        if choice == DEMO_LABEL:
+            st.session_state["dataset_path"] = default
+        else:
+            typed = st.text_input("Dataset folder (contains train.csv)", key="dataset_folder",
+                                  value=st.session_state.get("dataset_folder_last", ""),
+                                  placeholder="/data/my_dataset")
+            if typed:
+                st.session_state["dataset_path"] = str(Path(typed).expanduser().resolve())
+                st.session_state["dataset_folder_last"] = typed
+            else:
+                st.info("Type a folder path, or pick the demo dataset.")
+                return None
+        path = st.session_state["dataset_path"]
+        st.caption(f"`{path}`")
+    try:
+        return cached_dataset(path)
+    except MaiError as exc:
+        show_error(exc)
+        return None
+
+
+def show_error(exc: MaiError) -> None:
+    """Render a MaiError as a readable list of problems (never a traceback)."""
+    st.error(exc.message)
+    if exc.problems:
+        rows = [{"where": p.where, "problem": p.what, "how to fix": p.fix} for p in exc.problems]
+        st.dataframe(rows, width="stretch", hide_index=True)
+    if exc.hint:
+        st.caption(exc.hint)
+
+
+def page_setup(title: str, icon: str = "🧬", require_dataset: bool = True) -> MAIDataset | None:
+    """Common page header: page config, sidebar dataset chooser and training form.
+
+    Returns the loaded dataset; when none can be loaded and ``require_dataset`` is set, stops the page.
+    """
+    st.set_page_config(page_title=f"{title} · MAI", page_icon=icon, layout="wide")
+    st.title(title)
+    ds = sidebar_dataset()
+    if ds is not None:
+        from mai_core.app.training import render_sidebar_training
+
+        render_sidebar_training(ds)
+    if ds is None and require_dataset:
+        st.stop()
+    return ds

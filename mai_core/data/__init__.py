@@ -1,0 +1,20 @@
+"""Data: reading patches and slides into the MAI dataset format, validating it, the embedded demo.
+
+``images`` (patch files, RAM cache), ``dataset`` (the MAI CSV format, validation), ``stfiles`` (spot and
+count tables), ``slideimage`` (full-resolution H&E images, patches), ``importer`` (spatial-transcriptomics
+sections → patches + expression), ``demo`` and ``tissue`` (synthetic H&E with planted gene modules).
+"""
+
+from mai_core._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "images": ("PATCH_SIZE", "load_image", "load_images", "load_image_cache"),
+    "dataset": ("ID_COL", "PATH_COL", "META_COLUMNS", "MAIDataset", "collect_problems", "load_dataset",
+                "read_id_path_csv", "write_dataset"),
+    "demo": ("generate_demo", "ensure_demo", "is_current_demo", "summarize"),
+    "tissue": ("MODULES", "render_tile"),
+    "stfiles": ("SPOT_COLUMNS", "check_section_name", "read_spots", "Counts", "read_counts", "read_gene_list"),
+    "slideimage": ("DEFAULT_MAX_PIXELS", "pil_pixel_limit", "load_slide_image", "cut_patch"),
+    "importer": ("NORMS", "DEFAULT_NORM", "HER2ST_SECTIONS", "normalize_counts", "import_slide", "import_her2st",
+                 "her2st_files", "read_manifest", "build_train_table", "format_summary"),
+})

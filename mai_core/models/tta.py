@@ -1,0 +1,36 @@
+"""Test-time augmentation: the eight dihedral views (rotations and flips) of an image batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_VIEWS = 8
+
+
+def dihedral_views(x, views: int = MAX_VIEWS) -> list:
+    """The first ``views`` of the 8 rotations/flips of a B×C×H×W batch (view 0 is the identity)."""
+    import torch
+
+    out = []
+    for flipped in (False, True):
+        base = torch.flip(x, dims=(-1,)) if flipped else x
+        for k in range(4):
+            out.append(torch.rot90(base, k, dims=(-2, -1)) if k else base)
+    return out[:views]
+
+
+def dihedral_view_np(images: np.ndarray, v: int) -> np.ndarray:
+    """View ``v`` of the 8 dihedral transforms of N×H×W×3 images (the same order as :func:`dihedral_views`)."""
+    out = images[:, :, ::-1] if v >= 4 else images
+    k = v % 4
+    return np.ascontiguousarray(np.rot90(out, k, axes=(1, 2)) if k else out)
+
+
+def tta_views(cfg: dict) -> int:
+    """Number of views a config's ``predict.tta`` asks for: True → 8, False/0 → 1, N → N (clamped to 1..8)."""
+    tta = (cfg.get("predict") or {}).get("tta", False)
+    if tta is True:
+        return MAX_VIEWS
+    if not tta:
+        return 1
+    return max(1, min(MAX_VIEWS, int(tta)))

@@ -1,0 +1,14 @@
+"""Runs: ONE run-directory layout, prediction with a run or ensemble, ensembles, comparing runs, and
+background training jobs. Nothing here imports the training engine."""
+
+from mai_core._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "rundir": ("STATES", "STATUS_FIELDS", "METRIC_FIELDS", "RunDir", "read_config", "write_config", "read_status",
+               "write_status", "append_metrics", "truncate_metrics", "read_metrics", "list_runs"),
+    "predict": ("Predictor", "build_run_model", "load_predictor", "predict_csv", "labelled_split", "evaluate_run"),
+    "ensemble": ("WEIGHTINGS", "member_val_pcc", "build_ensemble"),
+    "compare": ("ValPredictions", "load_val_predictions", "run_summary", "runs_table", "per_gene_pcc",
+                "cluster_pcc", "correlation_fidelity", "correlation_matrices", "common_val_set", "evaluate_val",
+                "compare_runs", "write_submission"),
+})

@@ -1,0 +1,246 @@
+"""Prediction with a trained run or ensemble: ``load_predictor(path).predict_images(uint8 N×H×W×3)``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mai_core.errors import MaiError, Problem
+from mai_core.models.tta import dihedral_views, tta_views as views_for
+from mai_core.runs.rundir import RunDir, read_config
+
+
+class Predictor:
+    """A loaded model ready for inference.
+
+    ``genes`` (output column order), ``config`` (the run's config.yaml), ``model`` (torch module:
+    float B×3×H×W in [0, 1] or uint8 → original-unit expression B×G; ``model.backbone`` is the first
+    backbone, for Grad-CAM), ``device``, ``tta`` (number of dihedral views averaged, 1 = off).
+    """
+
+    def __init__(self, model, genes: list[str], config: dict, device, tta_views: int = 1, batch_size: int = 64,
+                 path: Path | None = None):
+        self.model = model.eval()
+        self.genes = list(genes)
+        self.config = config
+        self.device = device
+        self.tta_views = int(tta_views)
+        self.batch_size = int(batch_size)
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.path}, {len(self.genes)} genes, tta={self.tta_views}, device={self.device})"
+
+    def predict_images(self, images, batch_size: int | None = None, tta: bool | int | None = None,
+                       progress: bool = False) -> np.ndarray:
+        """Expression (float32 N×G, original units) for uint8 N×H×W×3 images (or one H×W×3 image)."""
+        import torch
+
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise MaiError(f"images must be N×H×W×3, got shape {arr.shape}",
+                           [Problem("images", "wrong layout", "stack RGB patches as N×H×W×3 uint8")])
+        views = self.tta_views if tta is None else views_for({"predict": {"tta": tta}})
+        bs = int(batch_size or self.batch_size)
+        out = np.empty((len(arr), len(self.genes)), dtype=np.float32)
+        amp = self.device.type == "cuda"
+        from tqdm.auto import tqdm
+
+        with torch.inference_mode():
+            for s in tqdm(range(0, len(arr), bs), disable=not progress, desc="predicting", unit="batch",
+                          file=sys.stderr):
+                x = torch.from_numpy(np.ascontiguousarray(arr[s:s + bs])).to(self.device).permute(0, 3, 1, 2)
+                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+                acc = None
+                for v in dihedral_views(x, views):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                        y = self.model(v.contiguous()).float()
+                    acc = y if acc is None else acc + y
+                out[s:s + len(x)] = (acc / views).cpu().numpy()
+        return out
+
+    def predict_paths(self, paths, batch_size: int = 256, progress: bool = False, tta=None) -> np.ndarray:
+        """Expression for image files, loaded in chunks (memory stays bounded)."""
+        from mai_core.data.images import load_images
+
+        paths = list(paths)
+        out = np.empty((len(paths), len(self.genes)), dtype=np.float32)
+        from tqdm.auto import tqdm
+
+        for s in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="predicting", unit="chunk",
+                      file=sys.stderr):
+            out[s:s + batch_size] = self.predict_images(load_images(paths[s:s + batch_size]), tta=tta)
+        return out
+
+
+def _groups_for(run: RunDir, genes: list[str]) -> list[list[int]]:
+    from mai_core.genes.grouping import load_grouping
+
+    if run.grouping_path.is_file():
+        idx = load_grouping(run.grouping_path).indices_for(genes)
+        return list(idx.values())
+    return [list(range(len(genes)))]
+
+
+def build_run_model(run: RunDir, cfg: dict, genes: list[str]):
+    """A GeneModel with the run's architecture and its prediction weights (CPU)."""
+    import warnings
+
+    from mai_core.models.model import GeneModel, load_state
+
+    ck = run.model_checkpoint()
+    if ck is None:
+        raise MaiError(f"{run.path} has no checkpoint yet", [Problem(str(run.checkpoints_dir), "no .safetensors file",
+                                                                      "wait for the first epoch to finish, or train again")])
+    spec = cfg.get("model") or {}
+    info = spec.get("weights_info") or {}
+    arch = info.get("timm_name") or spec.get("backbone")
+    import timm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+        except Exception:
+            from mai_core.models.model import backbone_and_info
+
+            backbone, _ = backbone_and_info(spec.get("backbone"), weights="random", quiet=True)
+    if spec.get("kind") == "finetune" and spec.get("drop_path"):
+        from mai_core.models.model import apply_drop_path
+
+        apply_drop_path(backbone, float(spec["drop_path"]))
+    kind = spec.get("kind", "finetune")
+    head = "linear" if kind == "ridge" else spec.get("head", "linear")
+    pca = 0 if kind == "ridge" else int(spec.get("pca_components") or 0)
+    model = GeneModel(backbone, len(genes), _groups_for(run, genes), head=head, hidden=int(spec.get("hidden", 512)),
+                      dropout=0.0 if kind == "ridge" else float(spec.get("dropout", 0.0)), pca_k=pca,
+                      mean=info.get("mean", (0.485, 0.456, 0.406)), std=info.get("std", (0.229, 0.224, 0.225)),
+                      image_size=int(spec.get("image_size", 224)))
+    try:
+        load_state(model, ck)
+    except Exception as exc:  # shape mismatch (RuntimeError) or a corrupt/truncated file (SafetensorError)
+        raise MaiError(f"checkpoint {ck} cannot be loaded into the run's model", [Problem(str(ck), str(exc),
+                       "the run folder may be corrupt or from another version; retrain")]) from None
+    return model.eval()
+
+
+def load_predictor(path, device: str = "auto") -> Predictor:
+    """Predictor for a run or ensemble directory (see :func:`mai_core.runs.load_predictor`)."""
+
+    from mai_core.device import resolve_device
+    from mai_core.models.model import MeanEnsemble, OriginalUnits
+
+    run = RunDir(path)
+    cfg = read_config(run)
+    dev = resolve_device(device)
+    if cfg.get("kind") == "ensemble":
+        genes = run.read_genes()
+        members, weights = [], []
+        for m in cfg.get("members", []):
+            mp = Path(m["path"])
+            if not mp.is_absolute():
+                mp = (run.path / mp).resolve()
+            mr = RunDir(mp)
+            mcfg = read_config(mr)
+            mgenes = mr.read_genes()
+            if mgenes != genes:
+                raise MaiError(f"ensemble member {mp} predicts different genes than the ensemble",
+                               hint="rebuild the ensemble from runs trained on the same genes")
+            members.append(build_run_model(mr, mcfg, genes))
+            weights.append(float(m.get("weight", 1.0)))
+        if not members:
+            raise MaiError(f"ensemble {run.path} lists no members")
+        model = MeanEnsemble(members, weights).to(dev).eval()
+    else:
+        genes = run.read_genes()
+        model = OriginalUnits(build_run_model(run, cfg, genes)).to(dev).eval()
+    return Predictor(model, genes, cfg, dev, tta_views=views_for(cfg),
+                     batch_size=int((cfg.get("predict") or {}).get("batch_size", 64)), path=run.path)
+
+
+def predict_csv(run_path, csv_path, out_path, device: str = "auto", progress: bool = True, tta=None):
+    """Predict every row of an ID,path CSV; write ID + one column per gene atomically. Returns the frame."""
+    import pandas as pd
+
+    from mai_core.data.dataset import read_id_path_csv
+    from mai_core.io import write_csv
+
+    df, paths = read_id_path_csv(csv_path)
+    pred = load_predictor(run_path, device=device)
+    values = pred.predict_paths(paths, progress=progress, tta=tta)
+    out = pd.concat([df[["ID"]].reset_index(drop=True), pd.DataFrame(values, columns=pred.genes)], axis=1)
+    write_csv(out_path, out, float_format="%.6g")
+    return out
+
+
+def labelled_split(data, split: str):
+    """(ids, image paths, truth N×G frame-aligned, genes, reference X) for a dataset split."""
+    import pandas as pd
+
+    from mai_core.data.dataset import ID_COL, PATH_COL, load_dataset
+
+    ds = load_dataset(data)
+    if split == "train":
+        return ds.ids, [ds.image_path(i, "train") for i in range(ds.n_train)], ds.X, ds.genes, ds.X
+    if ds.test is None or ds.n_test == 0:
+        raise MaiError(f"{ds.root} has no test split", [Problem(str(ds.root / "test.csv"), "missing or empty",
+                                                                "evaluate --split train, or add test.csv")])
+    truth_df = None
+    if all(g in ds.test.columns for g in ds.genes):
+        truth_df = ds.test[[ID_COL] + ds.genes]
+    elif (ds.root / "test_truth.csv").is_file():
+        truth_df = pd.read_csv(ds.root / "test_truth.csv", dtype={ID_COL: str})
+        missing = [g for g in ds.genes if g not in truth_df.columns]
+        if missing:
+            raise MaiError("test_truth.csv lacks genes of train.csv",
+                           [Problem(str(ds.root / "test_truth.csv"), f"missing {missing[:5]}", "regenerate it")])
+    if truth_df is None:
+        raise MaiError(f"the test split of {ds.root} has no expression to evaluate against",
+                       [Problem(str(ds.root / "test.csv"), "no gene columns and no test_truth.csv",
+                                "add the truth as test_truth.csv (ID + gene columns), or evaluate --split train")])
+    truth = truth_df.set_index(ID_COL)
+    absent = [i for i in ds.test_ids if i not in truth.index]
+    if absent:
+        raise MaiError(f"{len(absent)} test IDs have no truth (e.g. {absent[:3]})")
+    X = truth.loc[ds.test_ids, ds.genes].to_numpy(dtype=np.float32)
+    paths = [ds.root / p for p in ds.test[PATH_COL]]
+    return ds.test_ids, paths, X, ds.genes, ds.X
+
+
+def evaluate_run(run_path, data=None, split: str = "test", device: str = "auto", progress: bool = True,
+                 tta=None) -> dict:
+    """Metrics dict (mai_core.metrics.evaluate_predictions) of a run/ensemble on a labelled split."""
+    from mai_core.metrics import evaluate_predictions
+
+    run = RunDir(run_path)
+    if split == "val":
+        vp = run.read_val_predictions()
+        if vp is None:
+            raise MaiError(f"{run.path} has no val_predictions.parquet",
+                           hint="it is written when training finishes with a validation split")
+        genes = run.read_genes()
+        y = vp[[f"true:{g}" for g in genes]].to_numpy(np.float32)
+        p = vp[[f"pred:{g}" for g in genes]].to_numpy(np.float32)
+        out = evaluate_predictions(y, p, genes)
+        out.update(split="val", run=str(run.path))
+        return out
+    if data is None:
+        raise MaiError("--data is required for --split train/test", [Problem("--data", "missing",
+                                                                            "pass the labelled dataset folder")])
+    ids, paths, X, genes, ref = labelled_split(data, split)
+    pred = load_predictor(run.path, device=device)
+    missing = [g for g in pred.genes if g not in genes]
+    if missing:
+        raise MaiError(f"the dataset lacks {len(missing)} gene(s) the model predicts (e.g. {missing[:5]})",
+                       hint="evaluate on data with the genes the run was trained on")
+    col = {g: i for i, g in enumerate(genes)}
+    sel = [col[g] for g in pred.genes]
+    p = pred.predict_paths(paths, progress=progress, tta=tta)
+    out = evaluate_predictions(X[:, sel], p, pred.genes, reference_X=ref[:, sel])
+    out.update(split=split, run=str(run.path), data=str(data), tta_views=pred.tta_views if tta is None else
+               (8 if tta else 1))
+    return out

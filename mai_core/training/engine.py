@@ -1,0 +1,132 @@
+"""The training engine: one entry point, :func:`train(config, out, resume=False)`, used by
+``python -m mai_core train`` and background jobs.
+
+It starts the runtime (device, precision, process group), prepares a :class:`~.session.Session`, records
+the resolved config through the :class:`~.recorder.Recorder` (the only writer of the run directory), hands
+over to a strategy from :data:`STRATEGIES` and finally predicts the validation split with the final
+predictor (best weights, test-time augmentation as at predict time). SIGTERM/SIGINT finish the current
+step, write a checkpoint and leave the run ``stopped``; ``resume`` continues from ``last_state.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+
+from mai_core.errors import MaiError
+from mai_core.runs.rundir import RunDir
+from mai_core.training import finetune, frozen
+from mai_core.training.config import deep_merge
+from mai_core.training.context import Context
+from mai_core.training.recorder import Recorder, TrainState
+from mai_core.training.runtime import Runtime, StopFlag, StoppedEarly, rank_info
+from mai_core.training.session import Session, planned_epochs
+
+STRATEGIES = {"finetune": finetune.run, "frozen": frozen.run_frozen, "ridge": frozen.run_ridge}
+
+
+class Trainer:
+    """Trains one run directory from a resolved config (see :func:`mai_core.training.resolve_config`)."""
+
+    def __init__(self, cfg: dict, out, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.stop = StopFlag()
+        self.rec = Recorder(out, is_main=rank_info()[0] == 0)
+        self.rt: Runtime | None = None
+
+    @property
+    def run(self) -> RunDir:
+        return self.rec.run
+
+    def _setup(self) -> Context:
+        from mai_core.models.losses import ExpressionLoss
+
+        cfg, rec = self.cfg, self.rec
+        rec.check_target(self.resume)
+        self.rt = rt = Runtime.start(cfg["runtime"])
+        rec.is_main = rt.is_main
+        rec.begin(planned_epochs(cfg))
+        session = Session(cfg, rt, progress=self.progress)
+        facts = session.prepare()
+        info = session.weights_info
+        if info.get("source") == "random":
+            rec.log(f"WARNING: {info.get('warning')}", echo=False)
+        resolved = deep_merge(cfg, facts)
+        rec.write_setup(resolved, session.genes, session.grouping)
+        spec = cfg["model"]
+        rec.log(f"data {session.ds.root}: {session.ds.n_train} samples, {len(session.genes)} genes; "
+                f"split: {session.split_desc} ({len(session.train_idx)} train / {len(session.val_idx)} val)")
+        rec.log(f"model {spec['kind']}: backbone {spec['backbone']} weights={info.get('source')} "
+                f"({info.get('path') or '-'}), {len(session.groups)} head(s), device {rt.device}"
+                f"{' x' + str(rt.world) if rt.world > 1 else ''}, amp={'bf16' if rt.amp else 'off'}")
+        lc = cfg["loss"]
+        return Context(cfg=cfg, session=session, rt=rt, rec=rec, state=self.state, stop=self.stop,
+                       loss_fn=ExpressionLoss(lc["alpha"], lc["beta"], lc["pearson"], session.groups),
+                       resume=self.resume, progress=self.progress)
+
+    def run_training(self) -> RunDir:
+        self.state = TrainState()
+        self.stop.install()
+        try:
+            ctx = self._setup()
+            try:
+                STRATEGIES[self.cfg["model"]["kind"]](ctx)
+            except StoppedEarly:
+                self.rec.status(force=True, state="stopped", error=None, eta_s=None)
+                self.rec.log(f"stopped by {self.stop.signal} before the first training step; nothing to resume, "
+                             "start the run again")
+                return self.run
+            if self.stop.set:
+                self.rec.status(force=True, state="stopped", error=None, eta_s=None)
+                self.rec.log(f"stopped by {self.stop.signal}; checkpoint written, continue with --resume")
+            else:
+                self._finish(ctx)
+        finally:
+            self.stop.restore()
+            if self.rt is not None:
+                self.rt.close()
+        return self.run
+
+    def _finish(self, ctx: Context) -> None:
+        """Validation predictions of the final predictor (best weights, TTA as at predict time)."""
+        from mai_core.models.model import load_state
+        from mai_core.models.tta import tta_views
+
+        s, rec, state, rt = ctx.session, ctx.rec, ctx.state, ctx.rt
+        done = int(state.epochs_done or planned_epochs(self.cfg))
+        final = {"state": "finished", "progress": 1.0, "eta_s": 0, "epoch": done, "epochs": done,
+                 "best_val_gene_pcc": state.best_pcc, "best_epoch": state.best_epoch}
+        if len(s.val_idx):
+            rt.barrier()  # the main process has written the checkpoints
+            ck = rec.best_or_last_checkpoint()
+            model = copy.deepcopy(ctx.model)
+            if ck.is_file():
+                load_state(model, ck)
+            model = model.to(rt.device)
+            views = tta_views(self.cfg)
+            z = s.predict_z(model, s.val_idx, views)
+            _, pcc = s.val_metrics(z, ctx.loss_fn)
+            final["final_val_gene_pcc"] = pcc
+            rec.val_predictions([s.ds.ids[i] for i in s.val_idx], s.genes, z * s.y_std + s.y_mean,
+                                s.ds.X[s.val_idx])
+            rec.log(f"validation gene PCC of the final predictor (TTA {views} view(s)): {pcc:.4f}")
+        rec.status(force=True, **final)
+        rec.log(f"finished in {state.elapsed() / 60:.1f} min -> {self.run.path}")
+
+
+def train(config: dict, out, resume: bool = False, progress: bool = True) -> RunDir:
+    """Train into ``out``; exceptions mark the run failed (message in status, traceback in log.txt)."""
+    trainer = Trainer(config, out, resume=resume, progress=progress)
+    try:
+        return trainer.run_training()
+    except MaiError as exc:
+        trainer.rec.fail(exc.render(), None)
+        raise
+    except KeyboardInterrupt:
+        trainer.rec.fail("interrupted", None, state="stopped")
+        raise
+    except Exception as exc:
+        trainer.rec.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        raise

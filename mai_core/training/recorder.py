@@ -1,0 +1,187 @@
+"""The only writer of a run directory during training: config, genes, grouping, log, status, metrics,
+checkpoints and validation predictions (layout: :class:`mai_core.runs.RunDir`).
+
+Only the main process writes; other ``torchrun`` ranks get a recorder whose writes do nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+from mai_core.errors import MaiError, Problem
+from mai_core.runs.rundir import RunDir, append_metrics, truncate_metrics, write_config, write_status
+
+
+@dataclass
+class TrainState:
+    """What a run has achieved so far: best validation score, epochs done, time spent (across resumes)."""
+
+    best_pcc: float | None = None
+    best_epoch: int = 0
+    epochs_done: int = 0
+    elapsed_before: float = 0.0
+    t0: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self.t0)
+
+    def improve(self, pcc: float, epoch: int) -> bool:
+        """Record ``pcc`` at ``epoch``; True when it is the best so far."""
+        if math.isfinite(pcc) and (self.best_pcc is None or pcc > self.best_pcc):
+            self.best_pcc, self.best_epoch = pcc, epoch
+            return True
+        return False
+
+
+class Recorder:
+    def __init__(self, out, is_main: bool = True, echo: bool = True):
+        self.run = RunDir(out)
+        self.is_main = is_main
+        self.echo = echo
+        self._last_status = 0.0
+
+    # -- the target folder -----------------------------------------------------------------------
+    def check_target(self, resume: bool) -> None:
+        """Refuse to start over a folder that already holds a run (or to resume one that has no state)."""
+        r = self.run
+        if resume:
+            if not r.last_state.is_file():
+                raise MaiError(f"cannot resume: {r.last_state} not found",
+                               hint="start a new run without --resume (nothing was checkpointed yet)")
+            return
+        if r.checkpoints_dir.exists() and any(r.checkpoints_dir.iterdir()) or r.metrics_path.exists():
+            raise MaiError(f"{r.path} already holds a training run",
+                           [Problem(str(r.path), "checkpoints/metrics exist", "pass --resume to continue it, "
+                                    "or choose another --out folder")])
+
+    def begin(self, epochs: int) -> None:
+        if self.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.status(force=True, state="running", pid=os.getpid(), error=None, started=time.time(),
+                        progress=0.0, epoch=0, epochs=epochs)
+
+    def write_setup(self, config: dict, genes: list[str], grouping) -> None:
+        """config.yaml (fully resolved), genes.txt and grouping.csv."""
+        if not self.is_main:
+            return
+        from mai_core.io import write_text
+
+        write_config(self.run, config)
+        write_text(self.run.genes_path, "".join(g + "\n" for g in genes))
+        grouping.save(self.run.grouping_path)
+
+    # -- log, status, metrics --------------------------------------------------------------------
+    def log(self, msg: str, echo: bool | None = None) -> None:
+        if not self.is_main:
+            return
+        self.run.log(msg)
+        if self.echo if echo is None else echo:
+            print(msg, flush=True)
+
+    def status(self, force: bool = False, **fields) -> None:
+        """Merge ``fields`` into status.json; unforced updates at most once a second."""
+        if not self.is_main:
+            return
+        now = time.time()
+        if not force and now - self._last_status < 1.0:
+            return
+        self._last_status = now
+        write_status(self.run, **fields)
+
+    def status_due(self) -> bool:
+        return self.is_main and time.time() - self._last_status >= 1.0
+
+    def metrics(self, row: dict) -> None:
+        if self.is_main:
+            append_metrics(self.run, row)
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        if self.is_main:
+            truncate_metrics(self.run, last_epoch)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, eval_model, raw_model, state: TrainState, epoch_done: int, step_in_epoch: int,
+                        global_step: int, optimizer=None, ema=None, best: bool = False) -> None:
+        """last.safetensors (+ best.safetensors) from ``eval_model``; last_state.pt to resume from."""
+        if not self.is_main:
+            return
+        import torch
+
+        from mai_core.io import atomic_path
+        from mai_core.models.model import save_state
+
+        save_state(eval_model, self.run.last_checkpoint)
+        if best:
+            save_state(eval_model, self.run.best_checkpoint)
+        blob = {
+            "epoch": int(epoch_done), "step_in_epoch": int(step_in_epoch), "global_step": int(global_step),
+            "model": {k: v.detach().cpu() for k, v in raw_model.state_dict().items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "ema": None if ema is None else {k: v.cpu() for k, v in ema.shadow.items()},
+            "best_val_gene_pcc": state.best_pcc, "best_epoch": int(state.best_epoch),
+            "torch_rng": torch.get_rng_state(), "elapsed": float(state.elapsed()),
+        }
+        with atomic_path(self.run.last_state, suffix=".pt") as tmp:
+            torch.save(blob, tmp)
+
+    def load_checkpoint(self, raw_model, state: TrainState, optimizer=None, ema=None, device=None) -> dict:
+        """Restore model, optimizer, EMA, RNG and progress from last_state.pt; returns the raw blob."""
+        import torch
+
+        blob = torch.load(self.run.last_state, map_location="cpu", weights_only=True)
+        raw_model.load_state_dict(blob["model"])
+        if optimizer is not None and blob.get("optimizer"):
+            optimizer.load_state_dict(blob["optimizer"])
+        if ema is not None and blob.get("ema"):
+            ema.load(blob["ema"], device)
+        torch.set_rng_state(blob["torch_rng"])
+        state.best_pcc = blob.get("best_val_gene_pcc")
+        state.best_epoch = blob.get("best_epoch", 0)
+        state.elapsed_before = float(blob.get("elapsed", 0.0))
+        return blob
+
+    def save_best(self, model, best_state_dict) -> None:
+        """best.safetensors from a state dict held in memory (frozen heads keep the best epoch's weights)."""
+        if not self.is_main or best_state_dict is None:
+            return
+        import copy
+
+        from mai_core.models.model import save_state
+
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(best_state_dict)
+        save_state(best_model, self.run.best_checkpoint)
+
+    def best_or_last_checkpoint(self):
+        r = self.run
+        return r.best_checkpoint if r.best_checkpoint.is_file() else r.last_checkpoint
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def val_predictions(self, ids: list[str], genes: list[str], pred, true) -> None:
+        """val_predictions.parquet: ID, pred:<gene>…, true:<gene>…"""
+        if not self.is_main:
+            return
+        import pandas as pd
+
+        from mai_core.io import write_parquet
+
+        frame = pd.concat([pd.DataFrame({"ID": ids}),
+                           pd.DataFrame(pred, columns=[f"pred:{g}" for g in genes]),
+                           pd.DataFrame(true, columns=[f"true:{g}" for g in genes])], axis=1)
+        write_parquet(self.run.val_predictions_path, frame)
+
+    def fail(self, message: str, tb: str | None, state: str = "failed") -> None:
+        """Mark the run failed (or stopped) with the message in status.json and the traceback in log.txt."""
+        if not self.is_main:
+            return
+        try:
+            if self.run.path.exists():
+                self.run.log(f"{state.upper()}: {message}")
+                if tb:
+                    self.run.log(tb)
+                write_status(self.run, state=state, error=message if state == "failed" else None, eta_s=None)
+        except OSError:
+            pass
