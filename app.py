@@ -62,13 +62,19 @@ def home() -> None:
     st.plotly_chart(fig, width="stretch")
 
 
-PAGES = [
-    st.Page(home, title="Home", icon=":material/home:", default=True),
-    st.Page("pages/1_Gene_Correlation.py", title="Gene correlation", icon=":material/grid_on:"),
-    st.Page("pages/2_Gene_Clusters.py", title="Gene clusters", icon=":material/bubble_chart:"),
-    st.Page("pages/3_Augmentation_Lab.py", title="Augmentation lab", icon=":material/palette:"),
-    st.Page("pages/4_Results.py", title="Results", icon=":material/monitoring:"),
-    st.Page("pages/5_Grad_CAM.py", title="Grad-CAM", icon=":material/visibility:"),
-]
+PAGES = {
+    "Data": [
+        st.Page(home, title="Home", icon=":material/home:", default=True),
+    ],
+    "Genes": [
+        st.Page("pages/1_Gene_Correlation.py", title="Gene correlation", icon=":material/grid_on:"),
+        st.Page("pages/2_Gene_Clusters.py", title="Gene clusters", icon=":material/bubble_chart:"),
+    ],
+    "Models": [
+        st.Page("pages/3_Augmentation_Lab.py", title="Augmentation lab", icon=":material/palette:"),
+        st.Page("pages/4_Results.py", title="Results", icon=":material/monitoring:"),
+        st.Page("pages/5_Grad_CAM.py", title="Grad-CAM", icon=":material/visibility:"),
+    ],
+}
 
 st.navigation(PAGES).run()
