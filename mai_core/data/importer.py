@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -53,9 +52,11 @@ import numpy as np
 import pandas as pd
 
 from mai_core.data.dataset import ID_COL, PATH_COL
-from mai_core.data.slideimage import DEFAULT_MAX_PIXELS, cut_patch, load_slide_image
-from mai_core.data.stfiles import (check_section_name, examples, need_file, progress_iter, read_counts,
-                                   read_gene_list, read_spots, round_half_up)
+from mai_core.data.images import PATCH_SIZE
+from mai_core.data.sections import DEFAULT_MIN_MATCH, Section, stage_st
+from mai_core.data.slideimage import DEFAULT_MAX_PIXELS
+from mai_core.data.stfiles import check_section_name, examples, progress_iter, read_gene_list
+from mai_core.data.wsi import iter_patches
 from mai_core.errors import MaiError, Problem
 from mai_core.io import atomic_path
 from mai_core.metrics import top_variable_genes
@@ -130,104 +131,55 @@ def _load_section_store(out: Path, section: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-@dataclass
-class _Staged:
-    section: str
-    spots: list[str]
-    genes: list[str]
-    values: np.ndarray
-    centres: np.ndarray  # n x 2 int (cx, cy)
-    array_xy: np.ndarray  # n x 2 float
-    image: np.ndarray
-    sources: dict
-    skipped: dict
-    notes: list[str]
-    min_counts: float
+def _patch_geometry(st: Section, patch_mpp: float | None) -> tuple[int, float | None]:
+    """(level-0 pixels read per patch, mpp of the written patches) for a section."""
+    if st.slide is None:
+        return PATCH_SIZE, st.patches_mpp
+    if patch_mpp is None:
+        return PATCH_SIZE, st.mpp
+    if st.mpp is None:
+        raise MaiError("cannot resample patches: the section's resolution is unknown", [Problem(
+            f"section {st.name}", "no µm-per-pixel in the slide metadata and none estimated from the spots",
+            "pass --mpp (µm per pixel of the image), or leave out --patch-mpp to keep the native resolution")])
+    return max(8, int(round(PATCH_SIZE * patch_mpp / st.mpp))), float(patch_mpp)
 
 
-def _stage_section(image, spots, counts, section: str, min_counts: float, max_pixels: int,
-                   progress: bool) -> _Staged:
-    """Read and validate one section's inputs (nothing is written)."""
-    image_path = need_file(image, "H&E image", "pass the full-resolution H&E image (JPEG/PNG/TIFF)")
-    spots_path = need_file(spots, "spot table", "pass the spot/selection table (columns x y pixel_x pixel_y selected)")
-    counts_path = need_file(counts, "counts table", "pass the spot x gene counts table (.tsv, .tsv.gz, .csv)")
-    if min_counts is None or not np.isfinite(float(min_counts)) or float(min_counts) < 0:
-        raise MaiError("invalid --min-counts", [Problem("--min-counts", f"{min_counts!r}", "give a number >= 0")])
-    notes: list[str] = []
-    sp = read_spots(spots_path)
-    selected = sp[sp["selected"]].reset_index(drop=True)
-    n_not_selected = int(len(sp) - len(selected))
-    if len(selected) == 0:
-        raise MaiError("no spot is selected", [Problem(str(spots_path), "no row has selected == 1",
-                                                       "mark the spots under tissue with selected = 1")])
-    cn = read_counts(counts_path, expected_spots=selected["spot"])
-    notes += cn.notes
-    row_of = {s: i for i, s in enumerate(cn.spots)}
-    has = selected["spot"].map(lambda s: s in row_of).to_numpy(dtype=bool)
-    n_match = int(has.sum())
-    if n_match == 0:
-        raise MaiError("counts do not match the spot table", [Problem(
-            str(counts_path),
-            f"0 of {len(selected)} selected spots have a counts row (selected e.g. "
-            f"{examples(selected['spot'].tolist(), 3)}; counts ids e.g. {examples(cn.spots, 3)})",
-            "counts rows must be named f'{x}x{y}' from the spot table's x and y; check that both files "
-            "belong to the same section")])
-    no_counts = selected.loc[~has, "spot"].tolist()
-    sel = selected[has].reset_index(drop=True)
-    rows = np.array([row_of[s] for s in sel["spot"]], dtype=np.int64)
-    values = cn.values[rows]
-    totals = values.sum(1, dtype=np.float64)
-    keep = totals >= float(min_counts)
-    low = sel.loc[~keep, "spot"].tolist()
-    if not keep.any():
-        raise MaiError("every spot is below --min-counts", [Problem(
-            str(counts_path), f"all {len(sel)} matched spots have fewer than {min_counts} counts "
-            f"(largest total {totals.max():g})", "lower --min-counts")])
-    sel, values = sel[keep].reset_index(drop=True), values[keep]
-    n_unselected_counts = len(set(cn.spots) - set(selected["spot"]))
-    if progress:
-        print(f"{section}: decoding {image_path.name} ...", flush=True)
-    img = load_slide_image(image_path, max_pixels=max_pixels)
-    h, w = img.shape[:2]
-    cx, cy = round_half_up(sel["pixel_x"]), round_half_up(sel["pixel_y"])
-    outside = np.flatnonzero((cx < 0) | (cx >= w) | (cy < 0) | (cy >= h))
-    if len(outside):
-        probs = [Problem(f"{spots_path} spot {sel['spot'].iat[i]}",
-                         f"centre ({sel['pixel_x'].iat[i]:g}, {sel['pixel_y'].iat[i]:g}) is outside the "
-                         f"{w}x{h} image", "") for i in outside[:10]]
-        raise MaiError(f"{len(outside)} spot(s) lie outside the image", probs,
-                       hint="pixel_x/pixel_y must be full-resolution pixel coordinates of this image "
-                            "(x = column, y = row); is the image downscaled or from another section?")
-    return _Staged(
-        section=section, spots=sel["spot"].tolist(), genes=cn.genes, values=values,
-        centres=np.stack([cx, cy], 1), array_xy=sel[["x", "y"]].to_numpy(dtype=np.float64), image=img,
-        sources={"image": str(image_path.resolve()), "spots": str(spots_path.resolve()),
-                 "counts": str(counts_path.resolve())},
-        skipped={"not_selected": n_not_selected, "no_counts": len(no_counts), "below_min_counts": len(low),
-                 "no_counts_examples": no_counts[:5], "below_min_counts_examples": low[:5],
-                 "counts_rows_not_selected": n_unselected_counts},
-        notes=notes, min_counts=float(min_counts))
-
-
-def _write_patches(out: Path, st: _Staged, ext: str, progress: bool) -> tuple[list[str], int]:
+def _write_patches(out: Path, st: Section, ext: str, progress: bool, read_size: int) -> tuple[list[str], int]:
     """Write one image per spot (each atomically); returns (relative paths, number padded)."""
     from PIL import Image
 
-    folder = out / "images" / st.section
+    folder = out / "images" / st.name
     folder.mkdir(parents=True, exist_ok=True)
-    rels, padded = [], 0
-    it = progress_iter(range(len(st.spots)), progress, desc=f"{st.section}: patches", unit="patch", leave=False)
-    for i in it:
-        patch, was_padded = cut_patch(st.image, int(st.centres[i, 0]), int(st.centres[i, 1]))
-        padded += was_padded
-        name = f"{st.spots[i]}{ext}"
-        with atomic_path(folder / name, suffix=ext) as tmp:
-            im = Image.fromarray(np.ascontiguousarray(patch))
-            if ext == ".png":
-                im.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-            else:
-                im.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-        rels.append(f"images/{st.section}/{name}")
+    rels = [f"images/{st.name}/{s}{ext}" for s in st.spots]
+    padded = 0
+    if st.slide is not None:
+        half = read_size // 2
+        x0, y0 = st.centres[:, 0] - half, st.centres[:, 1] - half
+        padded = int(((x0 < 0) | (y0 < 0) | (x0 + read_size > st.slide.width) |
+                      (y0 + read_size > st.slide.height)).sum())
+        batches = iter_patches(st.slide, st.centres, read_size, PATCH_SIZE)
+    else:
+        batches = ((np.arange(i, min(i + 64, len(st.spots))), st.patches[i:i + 64])
+                   for i in range(0, len(st.spots), 64))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(st.spots), desc=f"{st.name}: patches", unit="patch", leave=False)
+    for idx, patches in batches:
+        for i, patch in zip(idx, patches):
+            with atomic_path(out / rels[i], suffix=ext) as tmp:
+                im = Image.fromarray(np.ascontiguousarray(patch))
+                if im.size != (PATCH_SIZE, PATCH_SIZE):
+                    im = im.resize((PATCH_SIZE, PATCH_SIZE), Image.BILINEAR)
+                if ext == ".png":
+                    im.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+                else:
+                    im.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     return rels, padded
 
 
@@ -384,31 +336,44 @@ def _commit(out: Path, m: dict, progress: bool, stale: dict[str, set[str]]) -> d
     return info
 
 
-def _ingest(out: Path, m: dict, st: _Staged, image_format: str, progress: bool) -> tuple[dict, set[str]]:
+def _ingest(out: Path, m: dict, st: Section, image_format: str, progress: bool,
+            patch_mpp: float | None) -> tuple[dict, set[str]]:
     """Write one staged section's images and counts and record it in the manifest ``m`` (not saved)."""
     ext = IMAGE_FORMATS[image_format]
-    folder = out / "images" / st.section
-    replaced = st.section in m["sections"]
+    read_size, written_mpp = _patch_geometry(st, patch_mpp)
+    folder = out / "images" / st.name
+    replaced = st.name in m["sections"]
     old_files = set()
     if folder.is_dir():
-        old_files = {f"images/{st.section}/{p.name}" for p in folder.iterdir()
+        old_files = {f"images/{st.name}/{p.name}" for p in folder.iterdir()
                      if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg")}
-    rels, padded = _write_patches(out, st, ext, progress)
-    _save_section_store(out, st.section, st.spots, st.genes, st.values, {
+    rels, padded = _write_patches(out, st, ext, progress, read_size)
+    _save_section_store(out, st.name, st.spots, st.genes, st.values, {
         "px": st.centres[:, 0], "py": st.centres[:, 1],
         "array_x": st.array_xy[:, 0], "array_y": st.array_xy[:, 1]})
     new_genes = sorted(set(st.genes) - set(m["gene_order"]))
     m["gene_order"] = list(m["gene_order"]) + new_genes
-    m["sections"][st.section] = {**st.sources, "ext": ext, "spots": len(st.spots), "min_counts": st.min_counts,
-                                 "imported": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    summary = {"section": st.section, "spots": len(st.spots), "genes_in_section": len(st.genes),
+    m["sections"][st.name] = {**st.sources, "ext": ext, "spots": len(st.spots), "min_counts": st.min_counts,
+                              "platform": st.platform, "mpp": st.mpp, "mpp_source": st.mpp_source,
+                              "patch_mpp": written_mpp, "patch_px": PATCH_SIZE, "read_px": read_size,
+                              "patch_um": None if written_mpp is None else round(PATCH_SIZE * written_mpp, 3),
+                              "imported": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    summary = {"section": st.name, "spots": len(st.spots), "genes_in_section": len(st.genes),
                "padded": int(padded), "replaced": replaced, "skipped": st.skipped, "notes": list(st.notes),
-               "image_format": image_format}
+               "image_format": image_format, "mpp": st.mpp, "mpp_source": st.mpp_source,
+               "patch_mpp": written_mpp, "read_px": read_size}
     return summary, old_files - set(rels)
 
 
-def _import_many(jobs: list[dict], out, norm, genes, top_genes, all_genes, image_format: str,
-                 max_pixels: int, progress: bool) -> dict:
+def import_sections(stagers, out, norm=None, genes=None, top_genes=None, all_genes: bool = False,
+                    image_format: str = "png", progress: bool = False, patch_mpp: float | None = None) -> dict:
+    """Import sections into the MAI folder ``out``: ``stagers`` are (name, callable returning a Section).
+
+    Each section is read and checked completely before any of its files is written; a later section's
+    error publishes the earlier ones first (and says so). ``patch_mpp`` resamples every patch to that
+    resolution (224 px = 224 × patch_mpp µm); default: each section's native resolution.
+    """
+    from mai_core.data.mpp import check_mpp
     from mai_core.io import write_json
 
     t0 = time.perf_counter()
@@ -416,30 +381,39 @@ def _import_many(jobs: list[dict], out, norm, genes, top_genes, all_genes, image
     if image_format not in IMAGE_FORMATS:
         raise MaiError("unknown image format", [Problem("image_format", f"'{image_format}'",
                                                         f"choose one of {', '.join(IMAGE_FORMATS)}")])
+    if patch_mpp is not None:
+        patch_mpp = check_mpp(patch_mpp, "--patch-mpp")
     m = _check_out(out)
     settings, notes = _resolve_settings(m, norm, genes, top_genes, all_genes)
-    names = [check_section_name(j["section"]) for j in jobs]
+    names = [check_section_name(name) for name, _ in stagers]
     if len(set(names)) != len(names):
         raise MaiError("a section is listed twice", [Problem("sections", f"{names}", "list each section once")])
+    if not stagers:
+        raise MaiError("no section to import", [Problem("sections", "empty", "name at least one section")])
     m = m or {"format": 1, "sections": {}, "gene_order": []}
     m.update(settings)
     sections, stale = [], {}
-    for job, name in zip(jobs, names):
+    for (_, stage), name in zip(stagers, names):
         try:
-            st = _stage_section(job["image"], job["spots"], job["counts"], name, job.get("min_counts", 1),
-                                max_pixels, progress)
+            st = stage()
             if settings.get("genes") and not set(settings["genes"]) & (set(st.genes) | set(m["gene_order"])):
+                st.close()
                 raise MaiError("no gene of the gene list is in the data", [Problem(
                     "--genes", f"none of {len(settings['genes'])} listed genes (e.g. "
-                    f"{examples(settings['genes'], 3)}) is in {job['counts']} (genes e.g. {examples(st.genes, 3)})",
+                    f"{examples(settings['genes'], 3)}) is in section {name} (genes e.g. {examples(st.genes, 3)})",
                     "check the gene naming (symbols vs Ensembl ids)")])
+            if patch_mpp is not None:
+                _patch_geometry(st, patch_mpp)
         except MaiError as exc:
             if sections:  # earlier sections of this call are in place: publish them before failing
                 _commit(out, m, progress, stale)
                 exc.hint = (exc.hint + " " if exc.hint else "") + \
                     f"sections {', '.join(s['section'] for s in sections)} were imported before this error"
             raise
-        summary, stale[name] = _ingest(out, m, st, image_format, progress)
+        try:
+            summary, stale[name] = _ingest(out, m, st, image_format, progress, patch_mpp)
+        finally:
+            st.close()
         del st
         sections.append(summary)
         write_json(_store(out) / MANIFEST, m)
@@ -450,6 +424,37 @@ def _import_many(jobs: list[dict], out, norm, genes, top_genes, all_genes, image
     return info
 
 
+def dataset_resolution(root) -> dict:
+    """The resolution of a dataset's patches from its import manifest.
+
+    ``{"mpp": median patch µm/px or None, "patch_px", "patch_um", "spot_pitch_um", "platform",
+    "sections": {name: mpp}, "spread": max/min - 1}``; ``mpp`` is None for datasets not made by an
+    importer (e.g. the synthetic demo) or whose sections have unknown resolution.
+    """
+    from mai_core.data.mpp import PLATFORMS
+
+    try:
+        m = read_manifest(root)
+    except MaiError:
+        m = None
+    out = {"mpp": None, "patch_px": PATCH_SIZE, "patch_um": None, "spot_pitch_um": None, "platform": None,
+           "sections": {}, "spread": None}
+    if not m or not m.get("sections"):
+        return out
+    per = {k: v.get("patch_mpp") for k, v in m["sections"].items()}
+    out["sections"] = per
+    known = [float(v) for v in per.values() if v]
+    platforms = {v.get("platform") for v in m["sections"].values()}
+    if len(platforms) == 1 and next(iter(platforms)) in PLATFORMS:
+        out["platform"] = next(iter(platforms))
+        out["spot_pitch_um"] = PLATFORMS[out["platform"]].pitch_um
+    if known and len(known) == len(per):
+        out["mpp"] = float(np.median(known))
+        out["patch_um"] = round(PATCH_SIZE * out["mpp"], 3)
+        out["spread"] = round(max(known) / min(known) - 1, 4)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -457,17 +462,25 @@ def _import_many(jobs: list[dict], out, norm, genes, top_genes, all_genes, image
 def import_slide(image, spots, counts, section: str, out, norm: str | None = None,
                  genes: Sequence[str] | str | os.PathLike | None = None, top_genes: int | None = None,
                  all_genes: bool = False, min_counts: float = 1, image_format: str = "png",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> dict:
-    """Import one section into the MAI folder ``out`` (created, or appended to); see the module docstring.
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                 min_match: float = DEFAULT_MIN_MATCH, mpp: float | None = None,
+                 patch_mpp: float | None = None) -> dict:
+    """Import one legacy-ST section into the MAI folder ``out`` (created, or appended to); see the module docstring.
 
     ``norm``, ``genes``/``top_genes``/``all_genes`` left at None/False keep the folder's stored settings
     (new folder: ``log1p_cp10k``, all genes). ``min_counts``: spots with a smaller total are skipped.
+    ``min_match``: the least fraction of spots under tissue that must have a counts row. ``mpp``: µm per
+    pixel of the image (default: metadata, else the spot grid). ``patch_mpp``: resample patches to it.
     ``image_format``: "png" or "jpeg" (quality 95). Returns a summary dict: ``rows``, ``n_genes``,
-    ``sections``, ``imported`` (per section: spots, padded, replaced, skipped reasons), ``genes_absent``
+    ``sections``, ``imported`` (per section: spots, padded, replaced, skipped reasons, mpp), ``genes_absent``
     (listed genes no section measured, kept as zeros), ``notes``, ``seconds``.
     """
-    job = {"image": image, "spots": spots, "counts": counts, "section": section, "min_counts": min_counts}
-    return _import_many([job], out, norm, genes, top_genes, all_genes, image_format, max_pixels, progress)
+    def stage():
+        return stage_st(image, spots, counts, section, min_counts=min_counts, min_match=min_match,
+                        max_pixels=max_pixels, mpp=mpp, progress=progress)
+
+    return import_sections([(section, stage)], out, norm, genes, top_genes, all_genes, image_format, progress,
+                           patch_mpp)
 
 
 def her2st_files(shared_dir, section: str) -> dict:
@@ -485,10 +498,11 @@ def import_her2st(shared_dir, out, sections: Sequence[str] = HER2ST_SECTIONS, to
 
     train.csv is written once, after the last section.
     """
-    jobs = [her2st_files(shared_dir, s) for s in sections]
-    if not jobs:
-        raise MaiError("no section to import", [Problem("sections", "empty", "name at least one section")])
-    return _import_many(jobs, out, norm, genes, top_genes, False, image_format, DEFAULT_MAX_PIXELS, progress)
+    stagers = []
+    for s in sections:
+        f = her2st_files(shared_dir, s)
+        stagers.append((s, lambda f=f: stage_st(f["image"], f["spots"], f["counts"], f["section"], progress=progress)))
+    return import_sections(stagers, out, norm, genes, top_genes, False, image_format, progress)
 
 
 def format_summary(info: dict) -> str:
@@ -510,6 +524,10 @@ def format_summary(info: dict) -> str:
             lines.append(f"  ignored {sk['counts_rows_not_selected']} counts row(s) of spots not selected")
         if s["padded"]:
             lines.append(f"  {s['padded']} patch(es) reach past the image border: padded with white")
+        if s.get("mpp"):
+            size = f"{s['read_px']} px resampled to 224" if s["read_px"] != 224 else "224 px"
+            lines.append(f"  resolution {s['mpp']:.4g} µm/px ({s['mpp_source']}); patches {size} = "
+                         f"{224 * s['patch_mpp']:.0f} µm")
         for note in s["notes"]:
             lines.append(f"  note: {note}")
     for note in info["notes"]:

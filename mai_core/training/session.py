@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mai_core.data.images import load_image_cache
+from mai_core.data.importer import dataset_resolution
 from mai_core.errors import MaiError, Problem
 from mai_core.models.tta import dihedral_views
 from mai_core.training.runtime import Runtime, unwrap_model
@@ -122,6 +123,7 @@ class Session:
             "grouping": {"method": self.grouping.method, "n_groups": len(self.groups),
                          "groups": self.group_names[:50]},
             "data_fingerprint": self.ds.fingerprint,
+            "data_resolution": dataset_resolution(self.ds.root),
             "n_genes": len(self.genes),
             "trainable": {"params": int(self.trainable["trainable_params"]),
                           "backbone_params": int(self.trainable["total_params"]),
