@@ -49,6 +49,8 @@ if sc.uses_fallback:
                + " · ".join(n for n in sc.notes)
                + ". Distances are comparable between augmentations, not with published LPIPS/DINO values. "
                "Place the AlexNet / DINO weights in the local caches to use the original metrics.")
+    ui.offer_weights_pull(ds, [n for n, fb in (("lpips-alex", sc.lpips_fallback), ("dino", sc.dino_fallback)) if fb],
+                          on_ready=scorer.clear)
 
 # ---------------------------------------------------------------------------------------- preview
 st.subheader("Preview")

@@ -80,6 +80,7 @@ with tab_run:
     name = st.selectbox("Run", list(selected["name"]) + [n for n in table["name"] if n not in set(selected["name"])],
                         key="results_run")
     run = RunDir(paths[name])
+    st.caption(ui.weights_caption(run.path))
     metrics = read_metrics(run.path)
     if metrics.empty:
         st.info("No finished epoch yet.")

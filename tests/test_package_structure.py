@@ -20,7 +20,7 @@ LAYERS = [
     {"data"},
     {"genes", "models"},
     {"augment", "runs"},
-    {"training", "explain"},
+    {"training", "explain", "spatial"},
     {"commands", "cli", "__main__"},
     {"app"},
 ]

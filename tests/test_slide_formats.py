@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from _slide_data import write_hest, write_pyramid, write_visium
+from _slide_data import write_hest, write_visium
 from mai_core.cli import main as cli_main
 from mai_core.data import importer, load_dataset
 from mai_core.data.slideimage import cut_patch

@@ -254,6 +254,9 @@ def render_sidebar_training(ds) -> None:
     with st.sidebar:
         st.markdown("### Training")
         _training_form(ds)
+        from mai_core.app.weights import weights_panel
+
+        weights_panel(ds)
         interval = refresh_interval()
         st.session_state[REFRESH_KEY] = interval
         if interval:

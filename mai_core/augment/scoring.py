@@ -3,22 +3,23 @@
 Two metrics, each with a labelled offline substitute:
 
 * ``lpips``: LPIPS (Zhang et al. 2018), AlexNet variant, from the ``lpips`` package (which ships the
-  linear-layer weights) plus torchvision's AlexNet ImageNet weights, used only when that file is already
-  in the torch hub cache (``<torch hub dir>/checkpoints/alexnet-owt-7be5be79.pth``) or given explicitly.
+  linear-layer weights) plus torchvision's AlexNet ImageNet weights, used when pulled into the workspace
+  cache (``python -m mai_core weights pull lpips-alex``), found in the torch hub cache
+  (``<torch hub dir>/checkpoints/alexnet-owt-7be5be79.pth``) or given explicitly.
   Substitute: ``lpips-style/efficientnet_lite0`` -- channel-unit-normalised activations of five
   EfficientNet-Lite0 stages, squared difference summed over channels, spatial mean, averaged over stages.
 * ``dino``: 1 - cosine similarity of the self-supervised ViT-S/16 DINO embedding (timm
-  ``vit_small_patch16_224.dino``), used only when its weights are in the Hugging Face cache on disk or
-  given explicitly. Substitute: ``cosine/efficientnet_lite0`` -- 1 - cosine of the pooled embedding.
+  ``vit_small_patch16_224.dino``), used when pulled (``weights pull dino``), in the Hugging Face cache on
+  disk, or given explicitly. Substitute: ``cosine/efficientnet_lite0`` -- 1 - cosine of the pooled embedding.
 
-Nothing is downloaded. The model actually used is reported by ``PerceptualScorer.lpips_model`` /
-``dino_model`` and in every score table. Identical images have distance exactly 0.
+Scoring itself downloads nothing (the Augmentation Lab offers the pull). The model actually used is
+reported by ``PerceptualScorer.lpips_model`` / ``dino_model`` and in every score table. Identical images
+have distance exactly 0.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -40,17 +41,27 @@ LPIPS_REAL = "lpips/alex"
 DINO_REAL = f"dino/{DINO_ARCH}"
 LPIPS_FALLBACK = f"lpips-style/{FALLBACK_BACKBONE}"
 DINO_FALLBACK = f"cosine/{FALLBACK_BACKBONE}"
+LPIPS_PULL, DINO_PULL = "python -m mai_core weights pull lpips-alex", "python -m mai_core weights pull dino"
+
+
+def _pulled(name: str) -> Path | None:
+    """The weights ``python -m mai_core weights pull NAME`` stored in the workspace cache, if any."""
+    from mai_core.models.backbones import weights_cache_path
+
+    p = weights_cache_path(name)
+    return p if p.is_file() else None
 
 
 def alexnet_weights_path() -> Path | None:
-    """torchvision's AlexNet ImageNet weights in the local torch hub cache, if present."""
-    p = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    """torchvision's AlexNet ImageNet weights: pulled into the workspace cache, else the torch hub cache."""
+    p = _pulled("lpips-alex") or Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
     return p if p.is_file() else None
 
 
 def dino_weights_path() -> Path | None:
-    """The DINO ViT-S/16 weights in the local Hugging Face cache, if present (no network access)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The DINO ViT-S/16 weights: pulled into the workspace cache, else the Hugging Face cache (disk only)."""
+    if (pulled := _pulled(DINO_ARCH)) is not None:
+        return pulled
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -221,16 +232,15 @@ class PerceptualScorer:
 
     def __init__(self, device="auto", batch_size: int = 32, lpips_weights=None, dino_weights=None,
                  use_pretrained_metrics: bool = True):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
         self.notes: list[str] = []
         self._lpips = self._dino = self._fallback = None
         if use_pretrained_metrics:
             self._lpips = self._try(_LpipsAlex, lpips_weights, alexnet_weights_path,
-                                    f"LPIPS: AlexNet ImageNet weights not found ({Path(torch.hub.get_dir()) / 'checkpoints' / ALEXNET_FILE})")
+                                    f"LPIPS: AlexNet ImageNet weights not on this machine (`{LPIPS_PULL}`)")
             self._dino = self._try(_DinoVit, dino_weights, dino_weights_path,
-                                   f"DINO: {DINO_REPO} weights not in the Hugging Face cache")
+                                   f"DINO: {DINO_REPO} weights not on this machine (`{DINO_PULL}`)")
         else:
             self.notes.append("pretrained perceptual metrics disabled")
         if self._lpips is None or self._dino is None:

@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="threads decoding images into the RAM cache")
     p.add_argument("--max-train-minutes", type=float, help="stop training after this many minutes, then finish")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--offline", action="store_true",
+                   help="never download weights: --weights auto uses only what is on this machine "
+                        "(also when HF_HUB_OFFLINE=1)")
 
 
 def overrides_from_args(args) -> dict:
@@ -88,6 +91,8 @@ def overrides_from_args(args) -> dict:
     put("runtime", "device", args.device)
     put("runtime", "workers", args.workers)
     put("runtime", "max_train_minutes", args.max_train_minutes)
+    if getattr(args, "offline", False):
+        o["runtime"]["offline"] = True
     if args.compile:
         o["runtime"]["compile"] = True
     if args.tta is not None:

@@ -58,6 +58,7 @@ BASE_CONFIG: dict = {
         "compile": False,
         "workers": 2,
         "max_train_minutes": None,
+        "offline": False,              # True: never download weights (weights: auto stays on this machine)
         "val_every": 1,
     },
 }

@@ -97,8 +97,12 @@ class Session:
         if spec["kind"] == "ridge":
             spec.update(head="linear", pca_components=0, dropout=0.0)
         torch.manual_seed(seed)
-        model, info = build_model({**spec, "drop_path": 0.0}, len(self.genes), self.groups,
-                                  weights=spec["weights"], device="cpu", quiet=not rt.is_main)
+        from mai_core.models.backbones import describe_weights, offline_mode
+
+        with offline_mode(bool(cfg["runtime"].get("offline"))):  # --offline: nothing is downloaded
+            model, info = build_model({**spec, "drop_path": 0.0}, len(self.genes), self.groups,
+                                      weights=spec["weights"], device="cpu", quiet=not rt.is_main)
+        info = {**info, **describe_weights(spec["backbone"], info["source"], info.get("path"))}  # licence, origin
         if spec["kind"] == "finetune":
             apply_drop_path(model.backbone, float(spec.get("drop_path") or 0.0))
         model.set_target_stats(self.y_mean, self.y_std)

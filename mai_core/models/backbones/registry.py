@@ -84,6 +84,20 @@ class BackboneSpec:
     tokens: bool = False
     offline_package: OfflinePackage | None = None
     registered: bool = True  # False for pass-through specs built from an arbitrary timm name
+    # where pretrained weights are published (None: timm's pretrained_cfg says) and on what terms
+    hub_repo: str | None = None
+    hub_file: str | None = None
+    licence: str | None = None  # None: the licence in timm's pretrained_cfg
+    gated: bool = False  # the hub asks each user to request access first
+    access_note: str | None = None
+    kind: str = "imagenet"  # imagenet | pathology
+    # pathology encoders: their own normalisation, embedding, checkpoint converter and model builder
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    num_features: int | None = None
+    convert: str | None = None  # a key of pathology.CONVERTERS
+    builder: str | None = None  # "pathology" (timm ViT with published arguments) or "conch"
+    pool: str | None = None  # "cls+mean": class token next to the mean patch token
 
     @property
     def arch(self) -> str:
@@ -148,7 +162,25 @@ def _spec_list() -> list[BackboneSpec]:
     ]
 
 
-BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _spec_list()}
+def _pathology_specs() -> list[BackboneSpec]:
+    from mai_core.models.backbones.pathology import ENCODERS, NON_COMMERCIAL_NOTE
+
+    out = []
+    for key, f in ENCODERS.items():
+        conch = f.get("builder") == "conch"
+        out.append(BackboneSpec(
+            key, key, "vit", f"{f['title']}; pathology encoder, {f['licence']}" + (", gated" if f["gated"] else ""),
+            input_size=int(f.get("input_size", 224)),
+            gradcam_layer="trunk.blocks.-1.norm1" if conch else "blocks.-1.norm1", tokens=True,
+            hub_repo=f["repo"], hub_file=f["filename"], licence=f["licence"], gated=bool(f["gated"]),
+            access_note=f"{f['note']}; " + (NON_COMMERCIAL_NOTE if f["licence"].startswith(("cc-by-nc", "other"))
+                                             else "open weights"),
+            kind="pathology", mean=f["norm"][0], std=f["norm"][1], num_features=int(f["dim"]),
+            convert=f.get("convert"), builder=f.get("builder", "pathology"), pool=f.get("pool")))
+    return out
+
+
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _spec_list() + _pathology_specs()}
 
 
 def list_backbones(cpu_friendly: bool | None = None) -> list[BackboneSpec]:

