@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mai_core.device import resolve_device
+from mai_core.models.fastpath import prefers_channels_last, prefetched, tune_cpu
 from mai_core.models.tta import dihedral_views
 from mai_core.errors import MaiError, Problem
 from mai_core.models.backbones.layers import tokens_to_map
@@ -225,24 +226,32 @@ def extract_features(backbone_name: str, images=None, *, split: str = "train", i
         hit = read_cached_features(target, n)
         if hit is not None:
             return hit
-    model = model.to(memory_format=torch.channels_last)
+    if dev.type == "cpu":
+        tune_cpu()
+    fmt = torch.channels_last if prefers_channels_last(model, dev) else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     use_bf16 = dev.type == "cuda"
     out = np.empty((n, model.num_features), dtype=np.float32)
     from tqdm.auto import tqdm
 
     done = 0
+    decoded = prefetched(np.ascontiguousarray, batches())  # the next batch decodes while this one runs
     with torch.inference_mode(), tqdm(total=n, disable=not progress, desc=f"features {spec.name}", unit="img") as bar:
-        for batch in batches():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(dev, non_blocking=True).permute(0, 3, 1, 2)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                if tta:
-                    f = torch.stack([model(v.contiguous(memory_format=torch.channels_last)).float()
-                                     for v in dihedral_views(x)]).mean(0)
-                else:
-                    f = model(x).float()
-            out[done:done + len(batch)] = f.cpu().numpy()
-            done += len(batch)
-            bar.update(len(batch))
+        try:
+            for batch in decoded:
+                # uint8 N×H×W×3 permuted to B×3×H×W is channels_last already: no layout copy
+                x = torch.from_numpy(batch).to(dev, non_blocking=True).permute(0, 3, 1, 2)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    if tta:
+                        f = torch.stack([model(v.contiguous(memory_format=fmt)).float()
+                                         for v in dihedral_views(x)]).mean(0)
+                    else:
+                        f = model(x).float()
+                out[done:done + len(batch)] = f.cpu().numpy()
+                done += len(batch)
+                bar.update(len(batch))
+        finally:
+            decoded.close()
     if target is not None:
         from mai_core.io import atomic_path
 
