@@ -1,4 +1,5 @@
-"""Test-time augmentation: the eight dihedral views (rotations and flips) of an image batch."""
+"""Test-time augmentation: the eight dihedral views (rotations and flips) of an image batch, and how many of
+them a setting asks for (``predict.tta``: True = 8, False = 1 = off, or N)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def dihedral_views(x, views: int = MAX_VIEWS) -> list:
     return out[:views]
 
 
+def dihedral_view(x, v: int):
+    """View ``v`` (0..7) of a B×C×H×W batch alone, in the order of :func:`dihedral_views`."""
+    import torch
+
+    if v == 0:
+        return x
+    base = torch.flip(x, dims=(-1,)) if v >= 4 else x
+    return torch.rot90(base, v % 4, dims=(-2, -1)) if v % 4 else base
+
+
 def dihedral_view_np(images: np.ndarray, v: int) -> np.ndarray:
     """View ``v`` of the 8 dihedral transforms of N×H×W×3 images (the same order as :func:`dihedral_views`)."""
     out = images[:, :, ::-1] if v >= 4 else images
@@ -34,3 +45,26 @@ def tta_views(cfg: dict) -> int:
     if not tta:
         return 1
     return max(1, min(MAX_VIEWS, int(tta)))
+
+
+def parse_views(value) -> int:
+    """Views for a TTA setting given by a person: ``on``/True → 8, ``off``/False/None → 1, ``N`` → N.
+
+    Raises ValueError (with a message saying what is accepted) for anything else, including N outside 1..8.
+    """
+    if value is None or value is False:
+        return 1
+    if value is True:
+        return MAX_VIEWS
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes"):
+        return MAX_VIEWS
+    if text in ("off", "false", "no"):
+        return 1
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"expected on, off or a number of views 1..{MAX_VIEWS}, got {value!r}") from None
+    if not 1 <= n <= MAX_VIEWS:
+        raise ValueError(f"the number of views must be 1..{MAX_VIEWS} (1 = off), got {n}")
+    return n
