@@ -1,36 +1,25 @@
-"""Process liveness on this machine (used by run status and the job manager)."""
+"""Process liveness on this machine (used by run status and the job manager), on every operating system."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 
 def process_start_time(pid) -> int | None:
-    """Start time of a process (clock ticks since boot, /proc/<pid>/stat field 22); None if unknown."""
-    try:
-        raw = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError, TypeError):
-        return None
-    # the command name (field 2) is in parentheses and may itself contain spaces or ')'
-    fields = raw[raw.rfind(")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
+    """When a process started, as a whole number of hundredths of a second since the epoch; None if unknown.
 
+    Stored next to a pid, it tells a recycled pid (an unrelated process) from the one that was started.
+    """
+    import psutil
 
-def _process_state(pid: int) -> str | None:
     try:
-        raw = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
+        return int(round(psutil.Process(int(pid)).create_time() * 100))
+    except (psutil.Error, ValueError, TypeError, OverflowError):
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
-    return fields[0] if fields else None
 
 
 def process_alive(pid, start_time: int | None = None) -> bool:
     """Whether ``pid`` is a live (non-zombie) process, and the same one that started at ``start_time``."""
+    import psutil
+
     try:
         pid = int(pid)
     except (TypeError, ValueError):
@@ -38,17 +27,15 @@ def process_alive(pid, start_time: int | None = None) -> bool:
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OSError:
-        return False
-    if Path("/proc").is_dir():
-        state = _process_state(pid)
-        if state is None or state in ("Z", "X"):
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             return False
-        if start_time is not None and process_start_time(pid) != int(start_time):
+        if start_time is not None and int(round(proc.create_time() * 100)) != int(start_time):
             return False  # the pid was recycled by an unrelated process
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return start_time is None  # exists, owned by someone else: its start time cannot be checked
+    except (psutil.Error, OverflowError, ValueError):
+        return False
     return True

@@ -19,10 +19,11 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from mai_core.data.dataset import collect_problems
     from mai_core.errors import MaiError
+    from mai_core.io import shown_path
 
     problems, train, test = collect_problems(args.data, check_images=not args.quick)
     if problems:
-        raise MaiError(f"dataset {args.data}: {len(problems)} problem(s) found", problems, hint=limit_hint(problems))
+        raise MaiError(f"dataset {shown_path(args.data)}: {len(problems)} problem(s) found", problems, hint=limit_hint(problems))
     n_genes = len([c for c in train.columns if c not in ("ID", "path")])
     print(f"ok: {args.data}: {len(train)} train samples, {0 if test is None else len(test)} test samples, "
           f"{n_genes} columns after ID/path")

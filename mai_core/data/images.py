@@ -8,16 +8,28 @@ import sys
 import numpy as np
 from PIL import Image
 
+from mai_core.errors import MaiError, Problem
+
 PATCH_SIZE = 224
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)
+def load_image(path: str | os.PathLike, where: str | None = None) -> np.ndarray:
+    """One image as uint8 H×W×3; a missing, truncated or corrupt file is a MaiError naming it (and ``where``)."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL's ways to fail
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise MaiError(f"image {path} cannot be read" + (f" ({where})" if where else ""),
+                       [Problem(where or str(path), f"{type(exc).__name__}: {detail}".rstrip(": "),
+                                "re-export the image as PNG or JPEG, then check the dataset with "
+                                "`python -m mai_core validate --data DIR`")]) from None
 
 
-def load_images(paths, progress: bool = False) -> np.ndarray:
+def load_images(paths, progress: bool = False, labels=None) -> np.ndarray:
+    """uint8 N×224×224×3 from image files; ``labels`` (e.g. "train.csv row 5") name each in errors."""
     paths = list(paths)
+    labels = list(labels) if labels is not None else None
     it = paths
     if progress:
         from tqdm import tqdm
@@ -25,7 +37,7 @@ def load_images(paths, progress: bool = False) -> np.ndarray:
         it = tqdm(paths, desc="loading images", unit="img", leave=False)
     out = np.empty((len(paths), PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
     for i, p in enumerate(it):
-        img = load_image(p)
+        img = load_image(p, labels[i] if labels is not None else None)
         if img.shape[:2] != (PATCH_SIZE, PATCH_SIZE):
             img = np.asarray(Image.fromarray(img).resize((PATCH_SIZE, PATCH_SIZE)), dtype=np.uint8)
         out[i] = img
