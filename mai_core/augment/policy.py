@@ -126,7 +126,7 @@ def policy_from_dict(data, where: str) -> Policy:
         raw_items = []
     for i, it in enumerate(raw_items):
         if not isinstance(it, dict) or "aug" not in it:
-            problems.append(Problem(f"{where}, item {i + 1}", f"expected a mapping with 'aug', got {it!r}",
+            problems.append(Problem(f"{where}, item {i + 1}", f"expected a mapping with 'aug', got {type(it).__name__}",
                                     "write items as {aug: NAME, p: P, params: {...}}"))
             continue
         params = it.get("params") or {}
@@ -151,7 +151,9 @@ def _read_policy_file(path: Path) -> Policy:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise MaiError(f"cannot read policy {path}", [Problem(str(path), f"unreadable YAML ({exc})",
+        mark = getattr(exc, "problem_mark", None)  # where the YAML breaks; its text is not repeated
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise MaiError(f"cannot read policy {path}", [Problem(str(path), f"unreadable YAML ({type(exc).__name__}{at})",
                                                              "fix the file or save the policy again")]) from None
     return policy_from_dict(data, str(path))
 

@@ -15,6 +15,11 @@ Two metrics, each with a labelled offline substitute:
 Scoring itself downloads nothing (the Augmentation Lab offers the pull). The model actually used is
 reported by ``PerceptualScorer.lpips_model`` / ``dino_model`` and in every score table. Identical images
 have distance exactly 0.
+
+Scoring an augmentation is geometry-aligned (:mod:`mai_core.augment.aligned`): the ``lpips`` and ``dino``
+columns compare the augmented patch with the original moved by the same geometric transform (what the
+augmentation does to stain and appearance; DINO on the global embeddings), the ``geometry`` column the
+original with its moved self (LPIPS; how far the pixels moved).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mai_core.augment.ops import AUGMENTATIONS, apply_aug, as_float_batch, get_spec, parse_aug_names
+from mai_core.augment.aligned import aligned_apply, aligned_distances, aligned_images
+from mai_core.augment.ops import AUGMENTATIONS, as_float_batch, get_spec, parse_aug_names
 from mai_core.device import resolve_device
 from mai_core.errors import MaiError, Problem
 
@@ -219,9 +225,6 @@ class _EfficientNetFeatures:
         return 0.5 * (fa["pooled"] - fb["pooled"]).pow(2).sum(dim=1)
 
 
-
-
-
 class PerceptualScorer:
     """Batched LPIPS and DINO distances (or their labelled substitutes), on GPU when present.
 
@@ -342,8 +345,9 @@ def aug_seed(seed: int, aug: str) -> int:
 class ScoreReport:
     """Result of :func:`score_augmentations`.
 
-    ``summary``: one row per augmentation -- aug, lpips_mean, lpips_std, dino_mean, dino_std, lpips_model,
-    dino_model, n, k, params (JSON of the parameters scored). ``pairs``: one row per (aug, image, rep).
+    ``summary``: one row per augmentation -- aug, lpips_mean, lpips_std, dino_mean, dino_std (appearance,
+    geometry-aligned), geometry_mean, geometry_std, lpips_model, dino_model, n, k, params (JSON of the
+    parameters scored). ``pairs``: one row per (aug, image, rep).
     """
 
     summary: pd.DataFrame
@@ -367,14 +371,17 @@ def resolve_params(augs: list[str], params: dict | None) -> dict[str, dict]:
     return {a: get_spec(a).resolve(params.get(a)) for a in augs}
 
 
+def augment_pair(images, aug: str, seed: int = 0, params: dict | None = None, device="cpu"):
+    """``(augmented, moved)`` uint8 images (see :func:`mai_core.augment.aligned.aligned_images`), with the same
+    random stream as :func:`score_augmentations` for the same seed."""
+    g = torch.Generator().manual_seed(aug_seed(seed, aug))
+    return aligned_images(images, aug, g, params, resolve_device(device))
+
+
 def augment_images(images, aug: str, seed: int = 0, params: dict | None = None, device="cpu") -> np.ndarray:
     """Apply one augmentation (p = 1) to uint8 N x H x W x 3 images; returns uint8 images.
     Uses the same random stream as :func:`score_augmentations` for the same seed."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    x = as_float_batch(x).to(resolve_device(device))
-    g = torch.Generator().manual_seed(aug_seed(seed, aug))
-    xa, _ = apply_aug(aug, x, g=g, p=1.0, params=params)
-    return (xa.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return augment_pair(images, aug, seed, params, device)[0]
 
 
 @torch.no_grad()
@@ -382,12 +389,13 @@ def score_augmentations(images, augs=None, k: int = 4, seed: int = 0, scorer: Pe
                         device="auto", batch_size: int = 16, params: dict | None = None, ids=None,
                         progress: bool = False) -> ScoreReport:
     """Apply each augmentation ``k`` times (p = 1, fresh random parameters each time) to every image and
-    measure the distance between original and augmented image with both metrics.
+    measure the geometry-aligned appearance distance (both metrics) and the geometry distance (LPIPS).
 
     ``images``: uint8 N x H x W x 3. Features of the originals are computed once per batch and reused for
     every augmentation and repetition. Mixup partners are drawn from the same batch and scored against
     the first image of each pair (the original). Results are deterministic for a given seed and
-    ``batch_size``.
+    ``batch_size``. ``progress``: True for a console bar, or a callable ``(done, total)`` called after
+    every scored batch (images × augmentations × k in all); an exception it raises stops the scoring.
     """
     names = parse_aug_names(augs)
     if not isinstance(k, int) or k < 1:
@@ -403,28 +411,30 @@ def score_augmentations(images, augs=None, k: int = 4, seed: int = 0, scorer: Pe
     n = len(images)
     step = max(1, int(batch_size))
     bar = None
-    if progress:
+    total, done = n * len(names) * k, 0
+    report = progress if callable(progress) else None
+    if progress and report is None:
         from tqdm import tqdm
 
-        bar = tqdm(total=n * len(names) * k, desc="scoring augmentations", unit="img", leave=False)
+        bar = tqdm(total=total, desc="scoring augmentations", unit="img", leave=False)
     rows = []
     for s in range(0, n, step):
         chunk = scorer.to_batch(images[s:s + step])
         f_orig = scorer.features(chunk)
         for a in names:
             for r in range(k):
-                xa, _ = apply_aug(a, chunk, g=gens[a], p=1.0, params=resolved[a])
-                d = scorer.feature_distances(f_orig, scorer.features(xa))
-                same = (xa == chunk).flatten(1).all(1)
-                lp = torch.where(same, torch.zeros_like(d["lpips"]), d["lpips"]).cpu().numpy()
-                dn = torch.where(same, torch.zeros_like(d["dino"]), d["dino"]).cpu().numpy()
+                xa, moved, _ = aligned_apply([(a, resolved[a], 1.0)], chunk, gens[a])
+                lp, dn, geo = aligned_distances(scorer, chunk, f_orig, xa, moved)
                 for j in range(len(chunk)):
-                    rows.append((a, ids[s + j], r, float(lp[j]), float(dn[j])))
+                    rows.append((a, ids[s + j], r, float(lp[j]), float(dn[j]), float(geo[j])))
+                done += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
+                if report is not None:
+                    report(done, total)
     if bar is not None:
         bar.close()
-    pairs = pd.DataFrame(rows, columns=["aug", "image", "rep", "lpips", "dino"])
+    pairs = pd.DataFrame(rows, columns=["aug", "image", "rep", "lpips", "dino", "geometry"])
     g = pairs.groupby("aug", sort=False)
     summary = pd.DataFrame({
         "aug": names,
@@ -432,6 +442,8 @@ def score_augmentations(images, augs=None, k: int = 4, seed: int = 0, scorer: Pe
         "lpips_std": g["lpips"].std(ddof=0).reindex(names).to_numpy(),
         "dino_mean": g["dino"].mean().reindex(names).to_numpy(),
         "dino_std": g["dino"].std(ddof=0).reindex(names).to_numpy(),
+        "geometry_mean": g["geometry"].mean().reindex(names).to_numpy(),
+        "geometry_std": g["geometry"].std(ddof=0).reindex(names).to_numpy(),
         "lpips_model": scorer.lpips_model,
         "dino_model": scorer.dino_model,
         "n": n,
@@ -456,7 +468,7 @@ def score_dataset(ds, n: int = 64, k: int = 4, augs=None, seed: int = 0, scorer:
         raise MaiError(f"n must be a positive integer, got {n!r}", [Problem("n", "sample size < 1", "use n >= 1")])
     names = parse_aug_names(augs)
     idx = sample_indices(ds.n_train, n, seed)
-    images = ds.images("train", idx, progress=progress)
+    images = ds.images("train", idx, progress=progress is True)
     ids = [ds.ids[i] for i in idx]
     return score_augmentations(images, names, k=k, seed=seed, scorer=scorer, device=device, batch_size=batch_size,
                                params=params, ids=ids, progress=progress)
@@ -464,15 +476,17 @@ def score_dataset(ds, n: int = 64, k: int = 4, augs=None, seed: int = 0, scorer:
 
 def preview_pairs(images, augs, seed: int = 0, scorer: PerceptualScorer | None = None,
                   params: dict | None = None) -> dict[str, dict]:
-    """For display: each augmentation applied once (p = 1) to uint8 images, with the distances of the
-    shown (uint8) augmented images. Returns ``{aug: {"images": uint8 N x H x W x 3, "lpips": (N,), "dino": (N,)}}``."""
+    """For display: each augmentation applied once (p = 1) to uint8 images, with the geometry-aligned distances
+    of the shown (uint8) augmented images. Returns ``{aug: {"images": uint8 N x H x W x 3, "lpips": (N,),
+    "dino": (N,), "geometry": (N,)}}``."""
     names = parse_aug_names(augs)
     resolved = resolve_params(names, params)
     scorer = scorer or PerceptualScorer()
     images = np.asarray(images)
     out = {}
     for a in names:
-        shown = augment_images(images, a, seed=seed, params=resolved[a], device=scorer.device)
-        d = scorer.distances(images, shown)
-        out[a] = {"images": shown, "lpips": d["lpips"], "dino": d["dino"]}
+        shown, moved = augment_pair(images, a, seed=seed, params=resolved[a], device=scorer.device)
+        d = scorer.distances(moved, shown)
+        geo = scorer.distances(images, moved)["lpips"]
+        out[a] = {"images": shown, "lpips": d["lpips"], "dino": d["dino"], "geometry": geo}
     return out

@@ -66,12 +66,14 @@ def load_grouping(path: str | os.PathLike) -> Grouping:
                        hint="create one with `python -m mai_core genes --data DIR --method kmeans --out FILE`")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise MaiError(f"grouping file {path} is not a readable CSV ({exc})") from None
+    except Exception as exc:  # pandas/OS raise many types; the message names the file, never its text
+        raise MaiError(f"grouping file {path} is not a readable CSV ({type(exc).__name__})",
+                       hint="a grouping is a CSV with columns gene, group[, method, params]") from None
     missing = [c for c in ("gene", "group") if c not in df.columns]
     if missing:
         raise MaiError(f"grouping file {path} lacks column(s) {missing}",
-                       [Problem(str(path), f"columns are {list(df.columns)}", "expected gene, group[, method, params]")])
+                       [Problem(str(path), f"{len(df.columns)} column(s), none named {' or '.join(missing)}",
+                                "expected gene, group[, method, params]")])
     dups = df["gene"][df["gene"].duplicated()].tolist()
     if dups:
         raise MaiError(f"grouping file {path} lists genes more than once: {dups[:5]}",
