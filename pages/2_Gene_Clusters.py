@@ -34,11 +34,29 @@ def _scan(fp: str, path: str, seed: int, k_max: int) -> pd.DataFrame:
     return G.kmeans_scan(_profiles(fp, path, seed), range(2, k_max + 1), seed=seed)
 
 
-@st.cache_data(show_spinner="Embedding genes with UMAP (first time only)…", max_entries=8)
+def _umap_work(X, fp: str, n_neighbors: int, min_dist: float, seed: int, profiles, report):
+    return G.umap_embedding(X, n_pcs=N_PCS, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed,
+                            fingerprint=fp, profiles=profiles, progress=report)
+
+
 def _umap(fp: str, path: str, n_neighbors: int, min_dist: float, seed: int):
-    d = ui.cached_dataset(path)
-    return G.umap_embedding(d.X, n_pcs=N_PCS, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed,
-                            fingerprint=fp, profiles=_profiles(fp, path, seed))
+    """The stored map, or None while it is computed in the background (progress shown on the page)."""
+    emb = G.cached_umap(fp, n_genes, n_pcs=N_PCS, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
+    if emb is not None:
+        return emb
+    key = f"umap:{fp}:{n_neighbors}:{min_dist}:{seed}"
+    task = ui.get_task(key)
+    if task is not None and task.ok:
+        return task.result
+    if task is None or not task.running:
+        if task is not None and not task.cancelled and task.error:
+            return None  # failed: the panel shows why; the PCA map stays
+        if task is not None and task.cancelled:
+            return None
+        ui.start_task(key, "Computing the UMAP map of genes (first time for these settings)", _umap_work,
+                      ui.cached_dataset(path).X, fp, n_neighbors, min_dist, seed, _profiles(fp, path, seed),
+                      unit="stages")
+    return None
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -72,6 +90,7 @@ with controls:
     k_max = min(20, n_genes - 1)
     k = st.slider("Clusters (K)", 2, k_max, min(5, k_max), key="k", disabled=method != "kmeans")
     grouping = None
+    gmt_name = None
     try:
         if method == "kmeans":
             grouping = _kmeans(fp, path, int(k), seed)
@@ -86,15 +105,15 @@ with controls:
             src = st.radio("Gene sets", sources, key="gmt_source")
             sets = None
             if src == "dataset modules.gmt":
-                sets = _gmt(str(own), None)
+                sets, gmt_name = _gmt(str(own), None), own.name
             elif src == "upload":
                 up = st.file_uploader("GMT file", type=["gmt", "txt"], key="gmt_upload")
                 if up is not None:
-                    sets = _gmt(up.name, up.getvalue().decode("utf-8", errors="replace"))
+                    sets, gmt_name = _gmt(up.name, up.getvalue().decode("utf-8", errors="replace")), up.name
             else:
                 typed = st.text_input("GMT file path", key="gmt_path", placeholder="/data/h.all.v7.0.symbols.gmt")
                 if typed:
-                    sets = _gmt(str(Path(typed).expanduser()), None)
+                    sets, gmt_name = _gmt(str(ui.resolve_typed_path(typed, "GMT file", ds=ds)), None), Path(typed).name
             min_set = int(st.number_input("Smallest set group", 1, n_genes, 1, key="geneset_min"))
             if sets is None:
                 st.info("Choose a GMT gene-set file.")
@@ -103,27 +122,51 @@ with controls:
     except MaiError as exc:
         ui.show_error(exc)
     with st.expander("UMAP settings"):
-        n_neighbors = st.slider("Neighbours", 2, max(2, min(100, n_genes - 1)), min(15, n_genes - 1), key="umap_nn")
-        min_dist = st.slider("Minimum distance", 0.0, 1.0, 0.1, 0.05, key="umap_min_dist")
+        n_neighbors = st.slider("Neighbours", 2, max(2, min(100, n_genes - 1)),
+                                min(G.UMAP_DEFAULTS["n_neighbors"], n_genes - 1), key="umap_nn",
+                                help="how many similar genes shape each gene's neighbourhood: small values show "
+                                     "local detail, large values the global layout")
+        min_dist = st.slider("Minimum distance", 0.0, 1.0, G.UMAP_DEFAULTS["min_dist"], 0.05, key="umap_min_dist",
+                             help="how tightly genes may pack together on the map")
 
 if grouping is None:
     st.stop()
 
 sizes = G.group_sizes(grouping)
 summ = _summary(fp, path)
+unit = ui.dataset_unit(ds)
 emb = _umap(fp, path, int(n_neighbors), float(min_dist), seed)
-points = pd.DataFrame({"x": emb[:, 0], "y": emb[:, 1], "gene": ds.genes, "mean": summ["mean"].to_numpy(),
-                       "cluster": grouping.groups})
-order = sizes["group"].tolist()
+mapped = "UMAP"
+if emb is None:  # first computation for these settings runs in the background: show the PCA map meanwhile
+    emb, mapped = _profiles(fp, path, seed).coords[:, :2], "PCA"
+mean_label = f"mean expression, {unit.label}" if unit.declared else "mean expression"
+points = pd.DataFrame({"x": emb[:, 0], "y": emb[:, 1], "gene": ds.genes, mean_label: summ["mean"].to_numpy(),
+                       "group": grouping.groups})
+background = [g for g in (G.UNASSIGNED, G.OTHER) if g in set(grouping.groups)]
+order = [g for g in sizes["group"].tolist() if g not in background] + background
 with plot_col:
-    st.subheader(f"UMAP of genes, coloured by {label} group ({len(sizes)} groups)")
-    fig = px.scatter(points, x="x", y="y", color="cluster", hover_name="gene",
-                     hover_data={"mean": ":.3f", "cluster": True, "x": False, "y": False},
-                     category_orders={"cluster": order}, render_mode="webgl", height=560)
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_title="UMAP 1", yaxis_title="UMAP 2",
-                      legend_title_text="group")
+    st.subheader(f"{mapped} map of genes, coloured by {label} group ({len(sizes)} groups)")
+    ui.progress_panel(f"umap:{fp}:{int(n_neighbors)}:{float(min_dist)}:{seed}")
+    if mapped == "PCA":
+        st.caption("The UMAP map is being computed; meanwhile genes are placed by their first two principal "
+                   "components (same colours and groups).")
+    fig = px.scatter(points, x="x", y="y", color="group", hover_name="gene",
+                     hover_data={mean_label: ":.3f", "group": True, "x": False, "y": False},
+                     category_orders={"group": order}, color_discrete_map=ui.group_colours(order, background),
+                     render_mode="webgl", height=600)
+    fig.update_layout(xaxis_title=f"{mapped} 1", yaxis_title=f"{mapped} 2")
+    ui.tidy(fig, legend="right" if len(order) <= 24 else "below", legend_title="group")
     fig.update_traces(marker=dict(size=5 if n_genes > 1000 else 8))
-    st.plotly_chart(fig, key="umap_plot", width="stretch")
+    for g in background:  # catch-all groups sit under the named ones
+        fig.update_traces(selector=dict(name=g), marker=dict(opacity=0.45))
+    st.plotly_chart(fig, key="umap_plot", width="stretch", config=ui.PLOT_CONFIG)
+    if G.UNASSIGNED in background:
+        st.caption(f"**{G.UNASSIGNED}** (grey): genes in none of the gene sets, or only in sets with fewer genes "
+                   "here than the smallest set group. They are still predicted: cluster-wise training gives them "
+                   "a head of their own.")
+    if G.OTHER in background:
+        st.caption(f"**{G.OTHER}** (grey): genes whose name has no prefix under the rule, or whose prefix family "
+                   "has fewer members than the smallest prefix group. They train together in one head.")
 
 truth = _truth(fp, path)
 if truth:
@@ -134,39 +177,48 @@ if truth:
     except MaiError as exc:
         st.caption(exc.message)
 
-tab_table, tab_k = st.tabs(["Groups", "Choosing K"])
-with tab_table:
-    st.dataframe(sizes, key="group_table", hide_index=True, width="stretch")
+tabs = st.tabs(["Groups", "Choosing K"] if method == "kmeans" else ["Groups"])
+with tabs[0]:
+    st.dataframe(sizes, key="group_table", hide_index=True, width="stretch",
+                 column_config={"group": st.column_config.TextColumn("group", width="medium"),
+                                "genes": st.column_config.NumberColumn("genes", width="small"),
+                                "examples": st.column_config.TextColumn("examples", width="large")})
     query = st.text_input("Find genes (name contains)", key="member_search")
     if query:
         hits = pd.DataFrame({"gene": grouping.genes, "group": grouping.groups})
         hits = hits[hits["gene"].str.contains(query, case=False, regex=False)]
         st.dataframe(hits, key="member_hits", hide_index=True, width="stretch")
         st.caption(f"{len(hits)} gene(s) match")
-with tab_k:
-    scan = _scan(fp, path, seed, k_max)
-    kfig = make_subplots(specs=[[{"secondary_y": True}]])
-    kfig.add_trace(go.Scatter(x=scan["k"], y=scan["inertia"], mode="lines+markers", name="inertia"))
-    kfig.add_trace(go.Scatter(x=scan["k"], y=scan["silhouette"], mode="lines+markers", name="silhouette"),
-                   secondary_y=True)
-    if method == "kmeans":
+if method == "kmeans":
+    with tabs[1]:
+        scan = _scan(fp, path, seed, k_max)
+        kfig = make_subplots(specs=[[{"secondary_y": True}]])
+        kfig.add_trace(go.Scatter(x=scan["k"], y=scan["inertia"], mode="lines+markers", name="inertia"))
+        kfig.add_trace(go.Scatter(x=scan["k"], y=scan["silhouette"], mode="lines+markers", name="silhouette"),
+                       secondary_y=True)
         kfig.add_vline(x=int(k), line_dash="dot", annotation_text=f"K = {k}")
-    kfig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="K")
-    kfig.update_yaxes(title_text="inertia (within-cluster sum of squares)", secondary_y=False)
-    kfig.update_yaxes(title_text="silhouette", secondary_y=True)
-    st.plotly_chart(kfig, key="k_scan", width="stretch")
-    st.caption("Look for an elbow in inertia and a high silhouette. Profiles are standardised and reduced to "
-               f"{N_PCS} principal components, so the distance between genes reflects their correlation.")
+        kfig.update_layout(height=380, xaxis_title="K", xaxis_dtick=1)
+        ui.tidy(kfig)
+        kfig.update_yaxes(title_text="inertia (within-cluster sum of squares)", secondary_y=False)
+        kfig.update_yaxes(title_text="silhouette", secondary_y=True)
+        st.plotly_chart(kfig, key="k_scan", width="stretch", config=ui.PLOT_CONFIG)
+        st.caption("Look for an elbow in inertia and a high silhouette. Profiles are standardised and reduced to "
+                   f"{N_PCS} principal components, so the distance between genes reflects their correlation.")
 
 st.subheader("Use this grouping")
-default_name = f"kmeans_k{k}" if method == "kmeans" else method
-s1, s2, s3 = st.columns([2, 1, 1])
-name = s1.text_input("Grouping name", default_name, key="grouping_name")
-if s2.button("Save grouping", key="save_grouping", type="primary"):
-    try:
-        saved = G.save_grouping(grouping, name)
-        st.success(f"Saved {saved} — pick it in the training form.")
-    except MaiError as exc:
-        ui.show_error(exc)
+s1, s2, s3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+with s1:
+    name = ui.default_following_text("Grouping name", G.suggested_grouping_name(grouping, gmt_name),
+                                     key="grouping_name",
+                                     help="follows the method and its settings until you type your own name")
+clicked = s2.button("Save grouping", key="save_grouping", type="primary")
+try:
+    target = G.grouping_path(name)
+except MaiError:
+    target = None
+ui.save_with_confirmation("save_grouping", "grouping", name.strip(), target, clicked,
+                          lambda overwrite: G.save_grouping(grouping, name, overwrite=overwrite),
+                          lambda saved: f"Saved **{saved.stem}** ({len(sizes)} groups) — pick it in the training "
+                                        "form's gene grouping.")
 s3.download_button("Download CSV", grouping.to_frame().to_csv(index=False), file_name=f"{name or 'grouping'}.csv",
                    mime="text/csv", key="download_grouping")

@@ -3,6 +3,7 @@ and save the augmentations under chosen thresholds as a training policy."""
 
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from mai_core import augment as A
@@ -28,9 +29,12 @@ def preview(fingerprint: str, root: str, ids: tuple, augs: tuple, seed: int, dev
     return images, A.preview_pairs(images, list(augs), seed=seed, scorer=scorer(device))
 
 
-@st.cache_data(show_spinner="Scoring augmentations (every image × every augmentation × k)…", max_entries=8)
-def scores(fingerprint: str, root: str, n: int, k: int, augs: tuple, seed: int, device: str) -> A.ScoreReport:
-    return A.score_dataset(ui.cached_dataset(root), n=n, k=k, augs=list(augs), seed=seed, scorer=scorer(device))
+def _score_work(ds, n: int, k: int, augs: tuple, seed: int, sc, report) -> A.ScoreReport:
+    return A.score_dataset(ds, n=n, k=k, augs=list(augs), seed=seed, scorer=sc, progress=report)
+
+
+def score_key(fingerprint: str, n: int, k: int, augs: tuple, seed: int, device: str) -> str:
+    return f"augscore:{fingerprint}:{n}:{k}:{','.join(augs)}:{seed}:{device}"
 
 
 root = str(ds.root)
@@ -44,11 +48,22 @@ except MaiError as exc:
 
 st.caption(f"LPIPS column computed with **{sc.lpips_model}** · DINO column computed with **{sc.dino_model}** "
            f"· device `{sc.device}`")
+with st.expander("What LPIPS and DINO distances mean"):
+    st.markdown("- **LPIPS** (learned perceptual image patch similarity): how different two images look in the "
+                "feature maps of an image network, layer by layer — texture, edges and colour. 0 = identical; "
+                "small values are changes a person barely notices.\n"
+                "- **DINO distance**: 1 − cosine similarity of the two images' embeddings from a self-supervised "
+                "vision transformer — whether the *content* (tissue structure) still reads the same. 0 = same "
+                "content.\n\nAn augmentation that keeps both small changes the image without changing what "
+                "it shows: a safe training augmentation for stain and tissue.")
 if sc.uses_fallback:
-    st.warning("Substitute metric in use: "
-               + " · ".join(n for n in sc.notes)
-               + ". Distances are comparable between augmentations, not with published LPIPS/DINO values. "
-               "Place the AlexNet / DINO weights in the local caches to use the original metrics.")
+    st.warning("**Stand-in metric.** The original LPIPS (AlexNet) or DINO (ViT-S/16) weights are not on this "
+               "machine, so the lab measures with substitutes built on EfficientNet-Lite0 features: "
+               f"LPIPS column = **{sc.lpips_model}**, DINO column = **{sc.dino_model}**. They rank augmentations "
+               "the same way in spirit, but their numbers are not comparable with published LPIPS or DINO values "
+               "or with thresholds taken from papers. To measure with the originals, pull the weights (needs "
+               "internet once; see the backbone weights in the sidebar or `python -m mai_core backbones`) and "
+               "reload this page.", icon="⚠️")
     ui.offer_weights_pull(ds, [n for n, fb in (("lpips-alex", sc.lpips_fallback), ("dino", sc.dino_fallback)) if fb],
                           on_ready=scorer.clear)
 
@@ -95,6 +110,7 @@ with st.form("aug_score_form"):
     if st.form_submit_button("Score augmentations", type="primary", key="score_submit"):
         if augs:
             st.session_state["aug_score_request"] = (int(n), int(k), tuple(augs), int(seed))
+            st.session_state["_aug_score_fresh"] = True  # a failed or cancelled scoring of this sample reruns
         else:
             st.warning("Pick at least one augmentation to score.")
 
@@ -105,22 +121,32 @@ if request is None:
     st.stop()
 
 n_req, k_req, augs_req, seed_req = request
-try:
-    report = scores(ds.fingerprint, root, n_req, k_req, augs_req, seed_req, device)
-except MaiError as exc:
-    ui.show_error(exc)
+key = score_key(ds.fingerprint, n_req, k_req, augs_req, seed_req, device)
+task = ui.get_task(key)
+if task is None or (not task.running and not task.ok and st.session_state.pop("_aug_score_fresh", False)):
+    ui.forget_task(key)
+    task = ui.start_task(key, "Scoring augmentations", _score_work, ds, n_req, k_req, augs_req, seed_req, sc,
+                         unit="image versions")
+ui.progress_panel(key)
+if not task.ok:
+    if not task.running:
+        st.caption("Press **Score augmentations** to score again.")
     st.stop()
+report = task.result
 summary, pairs = report.summary, report.pairs
 st.caption(f"{summary['n'].iat[0]} images × {k_req} versions · LPIPS: **{report.lpips_model}** · "
            f"DINO: **{report.dino_model}**")
 
-lp_top = float(max(summary["lpips_mean"].max(), 1e-3)) * 1.05
-dn_top = float(max(summary["dino_mean"].max(), 1e-3)) * 1.05
+lp_top, lp_step, lp_dec = ui.slider_range(max(float(summary["lpips_mean"].max()), 1e-3))
+dn_top, dn_step, dn_dec = ui.slider_range(max(float(summary["dino_mean"].max()), 1e-3))
 t1, t2 = st.columns(2)
-max_lpips = t1.slider(f"Max LPIPS ({report.lpips_model})", 0.0, round(lp_top, 4), round(lp_top, 4),
-                      step=round(lp_top / 200, 5), format="%.4f", key="max_lpips")
-max_dino = t2.slider(f"Max DINO ({report.dino_model})", 0.0, round(dn_top, 4), round(dn_top, 4),
-                     step=round(dn_top / 200, 5), format="%.4f", key="max_dino")
+max_lpips = t1.slider(f"Max LPIPS ({report.lpips_model})", 0.0, lp_top, lp_top, step=lp_step,
+                      format=f"%.{lp_dec}f", key="max_lpips",
+                      help="augmentations whose mean LPIPS is at most this are kept; the range reaches the "
+                           "largest mean, so at the top every scored augmentation that changes the image is kept")
+max_dino = t2.slider(f"Max DINO ({report.dino_model})", 0.0, dn_top, dn_top, step=dn_step,
+                     format=f"%.{dn_dec}f", key="max_dino",
+                     help="augmentations whose mean DINO distance is at most this are kept")
 kept = A.kept_mask(summary, max_lpips, max_dino).to_numpy()
 status = pd.Series(kept, index=summary["aug"]).map({True: "kept", False: "rejected"})
 table = summary.assign(kept=kept)
@@ -133,38 +159,66 @@ for col, metric, limit, model in ((p1, "lpips", max_lpips, report.lpips_model),
     fig = px.box(plot_pairs, x="aug", y=metric, color="status", color_discrete_map=colours,
                  category_orders={"aug": list(summary["aug"])}, points="outliers",
                  title=f"{metric.upper()} per image ({model})")
-    fig.add_hline(y=limit, line_dash="dash", annotation_text="threshold")
-    fig.update_layout(xaxis_title="", yaxis_title="distance", height=380, legend_title_text="", boxmode="overlay")
-    col.plotly_chart(fig, key=f"box_{metric}")
+    fig.add_hline(y=limit, line_dash="dash", annotation_text="threshold", annotation_position="top left")
+    fig.update_layout(xaxis_title="", yaxis_title=f"{metric.upper()} distance to the original", height=420,
+                      boxmode="overlay", xaxis_tickangle=-35)
+    ui.tidy(fig, legend="below")
+    col.plotly_chart(fig, key=f"box_{metric}", config=ui.PLOT_CONFIG)
 
-bar = px.scatter(table.assign(status=status.to_numpy()), x="lpips_mean", y="dino_mean", text="aug",
-                 color="status", color_discrete_map=colours,
-                 error_x="lpips_std", error_y="dino_std", title="Mean distances (± std)")
-bar.add_vline(x=max_lpips, line_dash="dash")
-bar.add_hline(y=max_dino, line_dash="dash")
-bar.update_traces(textposition="top center")
-bar.update_layout(xaxis_title=f"LPIPS ({report.lpips_model})", yaxis_title=f"DINO ({report.dino_model})", height=420)
-st.plotly_chart(bar, key="means")
+points = table.assign(status=status.to_numpy())
+spots = ui.label_positions(points["lpips_mean"], points["dino_mean"], points["aug"], width_px=900, height_px=380)
+bar = go.Figure()
+for state in ("kept", "rejected"):
+    sel = (points["status"] == state).to_numpy()
+    if sel.any():
+        bar.add_trace(go.Scatter(
+            x=points["lpips_mean"][sel], y=points["dino_mean"][sel], mode="markers+text", name=state,
+            text=points["aug"][sel], textposition=[p for p, keep in zip(spots, sel) if keep],
+            marker=dict(color=colours[state], size=9),
+            error_x=dict(array=points["lpips_std"][sel], thickness=1), error_y=dict(array=points["dino_std"][sel],
+                                                                                    thickness=1),
+            hovertemplate="%{text}<br>LPIPS %{x:.4f}<br>DINO %{y:.4f}<extra>" + state + "</extra>"))
+bar.add_vline(x=max_lpips, line_dash="dash", line_color="#555")
+bar.add_hline(y=max_dino, line_dash="dash", line_color="#555")
+bar.update_layout(title="Mean distances per augmentation (± std over images and versions)", height=480,
+                  xaxis_title=f"mean LPIPS ({report.lpips_model})", yaxis_title=f"mean DINO ({report.dino_model})")
+ui.tidy(bar, legend="below")
+st.plotly_chart(bar, key="means", config=ui.PLOT_CONFIG)
+st.caption("Dashed lines: the thresholds. Kept = at or under both lines (and not a no-op).")
 
 kept_names = [a for a, keep in zip(summary["aug"], kept) if keep]
 st.markdown(f"**Kept ({len(kept_names)})**: {', '.join(kept_names) or '—'}")
 st.dataframe(table[["aug", "lpips_mean", "lpips_std", "dino_mean", "dino_std", "kept", "params"]],
-             hide_index=True, key="kept_table")
+             hide_index=True, key="kept_table", width="stretch",
+             column_config={"aug": st.column_config.TextColumn("augmentation"),
+                            "lpips_mean": st.column_config.NumberColumn("mean LPIPS", format="%.4f"),
+                            "lpips_std": st.column_config.NumberColumn("LPIPS std", format="%.4f"),
+                            "dino_mean": st.column_config.NumberColumn("mean DINO", format="%.4f"),
+                            "dino_std": st.column_config.NumberColumn("DINO std", format="%.4f"),
+                            "params": st.column_config.TextColumn("parameters", width="large")})
 
 # ---------------------------------------------------------------------------------------- save
 st.subheader("Save as training policy")
-s1, s2 = st.columns([3, 1])
+s1, s2 = st.columns([3, 1], vertical_alignment="bottom")
 name = s1.text_input("Policy name", value="lab_policy", key="policy_name")
-if s2.button("Save policy", key="save_policy"):
-    try:
-        pol = A.select_policy(table, max_lpips, max_dino, name)
-        path = A.save_policy(pol)
-        from mai_core.app.training import policy_choices
+clicked = s2.button("Save policy", key="save_policy")
 
-        policy_choices.clear()  # the sidebar's training form lists it right away
-        st.success(f"Saved **{pol.name}** ({len(pol.items)} augmentations) to `{path}`: {pol.describe()}")
-    except MaiError as exc:
-        ui.show_error(exc)
+
+def _save_policy(overwrite: bool):
+    pol = A.select_policy(table, max_lpips, max_dino, name)
+    path = A.save_policy(pol)
+    from mai_core.app.training import policy_choices
+
+    policy_choices.clear()  # the sidebar's training form lists it right away
+    return pol, path
+
+
+from mai_core.workspace import policies_dir  # noqa: E402
+
+ui.save_with_confirmation("save_policy", "policy", name.strip(),
+                          policies_dir() / f"{name.strip()}.yaml" if name.strip() else None, clicked, _save_policy,
+                          lambda r: f"Saved **{r[0].name}** ({len(r[0].items)} augmentations) to `{r[1]}`: "
+                                    f"{r[0].describe()}")
 
 st.markdown("**Available policies** (pick one in the training form)")
 st.dataframe(pd.DataFrame(A.policy_table(data_dir=root)), hide_index=True, key="policy_list")

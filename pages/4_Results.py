@@ -13,8 +13,8 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 from mai_core.runs import compare as results  # noqa: E402
 from mai_core.errors import MaiError  # noqa: E402
-from mai_core.runs import RunDir, build_ensemble, read_metrics  # noqa: E402
-from mai_core.workspace import cache_dir, runs_dir  # noqa: E402
+from mai_core.runs import RunDir, build_ensemble, cached_test_score, ensemble_path, read_metrics  # noqa: E402
+from mai_core.workspace import runs_dir  # noqa: E402
 
 
 def _stamp(path: Path) -> int:
@@ -43,13 +43,6 @@ def corr_view(path: str, stamp: int, top_n: int):
     return genes, ct, cp, results.correlation_fidelity(vp.y_true, vp.y_pred)
 
 
-@st.cache_data(show_spinner="Predicting…", max_entries=8)
-def submission_bytes(run_path: str, ckpt_stamp: int, csv_path: str, csv_stamp: int) -> bytes:
-    out = cache_dir() / "submissions" / f"{Path(run_path).name}-{Path(csv_path).stem}.csv"
-    results.write_submission(run_path, csv_path, out)
-    return out.read_bytes()
-
-
 def val_stamp(run: RunDir) -> int:
     return _stamp(run.val_predictions_path)
 
@@ -60,12 +53,11 @@ if table.empty:
     st.info("No runs yet. Start one from **Training** in the sidebar (or `python -m mai_core train`).")
     st.stop()
 
-shown = table.drop(columns=["path"]).rename(columns={"best_val_gene_pcc": "best val gene-PCC", "time_s": "time (s)",
-                                                     "alpha": "α", "beta": "β"})
+shown, shown_config = ui.runs_view(table, {n: (cached_test_score(p, ds.fingerprint) or {}).get("gene_pcc_mean")
+                                          for n, p in zip(table["name"], table["path"])})
 event = st.dataframe(shown, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
-                     key="results_runs_table",
-                     column_config={"best val gene-PCC": st.column_config.NumberColumn(format="%.4f"),
-                                    "time (s)": st.column_config.NumberColumn(format="%.0f")})
+                     key="results_runs_table", column_config=shown_config)
+ui.watch_runs(table)  # while a run trains: redraw the page when it finishes an epoch or ends
 rows = [r for r in (event.selection.rows if event is not None else []) if r < len(table)]
 selected = table.iloc[rows] if rows else table.iloc[:1]
 st.caption("Select rows to compare runs or build an ensemble; details show the first selected run.")
@@ -85,13 +77,15 @@ with tab_run:
     if metrics.empty:
         st.info("No finished epoch yet.")
     else:
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation gene PCC"))
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("loss (standardised units)",
+                                                            "validation gene PCC (1 view, each epoch)"))
         fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["train_loss"], name="train loss"), 1, 1)
         fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["val_loss"], name="val loss"), 1, 1)
         fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["val_gene_pcc"], name="val gene PCC"), 1, 2)
-        fig.update_layout(height=300, margin=dict(t=30, b=10))
-        fig.update_xaxes(title_text="epoch")
-        st.plotly_chart(fig, width="stretch", key="results_curves")
+        fig.update_layout(height=340)
+        fig.update_xaxes(title_text="epoch", dtick=1, tickformat="d")
+        ui.tidy(fig)
+        st.plotly_chart(fig, width="stretch", key="results_curves", config=ui.PLOT_CONFIG)
     if not run.val_predictions_path.is_file():
         st.info("Validation predictions appear when the run finishes.")
     else:
@@ -101,28 +95,48 @@ with tab_run:
         except MaiError as exc:
             ui.show_error(exc)
             st.stop()
+        unit = ui.dataset_unit(ds)
+        views = ui.run_tta_views(run)
         c1, c2 = st.columns([3, 2])
         with c1:
             fig = go.Figure(go.Histogram(x=genes_df["pcc"].dropna(), nbinsx=40))
-            fig.update_layout(height=300, title="Per-gene PCC on validation", xaxis_title="Pearson r",
-                              yaxis_title="genes", margin=dict(t=40, b=10))
-            st.plotly_chart(fig, width="stretch", key="results_pcc_hist")
-            st.metric("mean gene PCC", f"{genes_df['pcc'].mean():.4f}",
-                      help=f"{genes_df['pcc'].isna().sum()} constant genes excluded")
+            fig.update_layout(height=320, title="Per-gene PCC on validation (final predictor)",
+                              xaxis_title="Pearson r between predicted and true expression of a gene",
+                              yaxis_title="genes")
+            ui.tidy(fig)
+            st.plotly_chart(fig, width="stretch", key="results_pcc_hist", config=ui.PLOT_CONFIG)
+            m1, m2 = st.columns(2)
+            m1.metric(f"final val gene-PCC ({views} view{'s' if views > 1 else ''})", f"{genes_df['pcc'].mean():.4f}",
+                      help=ui.metric_help("val_gene_pcc") + f" {int(genes_df['pcc'].isna().sum())} constant genes "
+                           "excluded. The runs table's best val gene-PCC is measured on one view during training, "
+                           "so the two differ.")
+            best = run.read_status().get("best_val_gene_pcc")
+            if best is not None and run.kind != "ensemble":
+                m2.metric("best val gene-PCC (1 view, during training)", f"{float(best):.4f}",
+                          help=ui.metric_help("best_val_gene_pcc"))
+            ui.test_score_panel(run, ds)
         with c2:
             k = st.slider("genes listed", 5, 50, 10, key="results_topk")
+            gene_cols = {"gene": st.column_config.TextColumn("gene"),
+                         "pcc": st.column_config.NumberColumn("Pearson r", format="%.4f",
+                                                              help="predicted vs true across validation patches"),
+                         "mean_true": st.column_config.NumberColumn(
+                             "mean expression", format="%.3f", help=f"mean true expression, {unit.label}")}
             st.markdown("**Best predicted**")
-            st.dataframe(genes_df.head(k)[["gene", "pcc"]], hide_index=True, width="stretch")
+            st.dataframe(genes_df.head(k)[["gene", "pcc", "mean_true"]], hide_index=True, width="stretch",
+                         column_config=gene_cols)
             st.markdown("**Worst predicted**")
-            st.dataframe(genes_df.dropna(subset=["pcc"]).tail(k)[::-1][["gene", "pcc"]], hide_index=True,
-                         width="stretch")
+            st.dataframe(genes_df.dropna(subset=["pcc"]).tail(k)[::-1][["gene", "pcc", "mean_true"]],
+                         hide_index=True, width="stretch", column_config=gene_cols)
         if run.grouping_path.is_file():
             try:
                 clusters = results.cluster_pcc(genes_df, run.grouping_path)
                 st.markdown("**Mean PCC per gene cluster** (the run's grouping)")
                 st.dataframe(clusters, hide_index=True, width="stretch",
-                             column_config={"mean_pcc": st.column_config.NumberColumn(format="%.4f"),
-                                            "median_pcc": st.column_config.NumberColumn(format="%.4f")})
+                             column_config={"n_genes": st.column_config.NumberColumn("genes"),
+                                            "mean_pcc": st.column_config.NumberColumn("mean Pearson r", format="%.4f"),
+                                            "median_pcc": st.column_config.NumberColumn("median Pearson r",
+                                                                                        format="%.4f")})
             except MaiError as exc:
                 ui.show_error(exc)
         gene = st.selectbox("Predicted vs true for gene", list(genes_df["gene"]), key="results_gene")
@@ -134,9 +148,13 @@ with tab_run:
         hi = float(np.nanmax([vp.y_true[:, gi].max(), vp.y_pred[:, gi].max()]))
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="gray"),
                                  showlegend=False))
-        fig.update_layout(height=380, title=f"{gene}: r = {r:.3f}", xaxis_title="true", yaxis_title="predicted",
-                          showlegend=False, margin=dict(t=40, b=10))
-        st.plotly_chart(fig, width="stretch", key="results_scatter")
+        fig.update_traces(selector=dict(mode="markers"),
+                          hovertemplate="%{text}<br>true %{x:.3f}<br>predicted %{y:.3f}<extra></extra>")
+        fig.update_layout(height=400, title=f"{gene}: r = {r:.3f} over {len(vp.ids)} validation patches",
+                          xaxis_title=f"true expression, {unit.label}",
+                          yaxis_title=f"predicted expression, {unit.label}", showlegend=False)
+        ui.tidy(fig)
+        st.plotly_chart(fig, width="stretch", key="results_scatter", config=ui.PLOT_CONFIG)
 
 # ---------------------------------------------------------------------------------------------- structure
 with tab_corr:
@@ -150,19 +168,23 @@ with tab_corr:
             genes, ct, cp, fid = corr_view(str(run_n.path), val_stamp(run_n), top_n)
             fid_rows.append({"run": n, "correlation fidelity": fid})
         st.dataframe(pd.DataFrame(fid_rows), hide_index=True,
-                     column_config={"correlation fidelity": st.column_config.NumberColumn(format="%.4f")})
-        st.caption("Correlation fidelity: Pearson r between the upper triangles of the gene–gene correlation "
-                   "matrices of prediction and truth (all varying genes). 1 = same structure.")
+                     column_config={"correlation fidelity": st.column_config.NumberColumn(
+                         ui.metric_label("corr_fidelity"), format="%.4f", help=ui.metric_help("corr_fidelity"))})
+        st.caption("Correlation-structure fidelity: Pearson r between the upper triangles of the gene–gene "
+                   "correlation matrices of prediction and truth (all varying genes, validation patches). "
+                   "1 = the predictions keep which genes rise and fall together.")
         show = st.selectbox("Run", ready, key="results_corr_run")
         run_s = RunDir(paths[show])
         genes, ct, cp, fid = corr_view(str(run_s.path), val_stamp(run_s), top_n)
         fig = make_subplots(rows=1, cols=2, subplot_titles=("truth", "prediction"), horizontal_spacing=0.08)
         for col, mat in ((1, ct), (2, cp)):
             fig.add_trace(go.Heatmap(z=mat, x=genes, y=genes, zmin=-1, zmax=1, colorscale="RdBu_r",
-                                     showscale=col == 2), 1, col)
+                                     showscale=col == 2, colorbar=dict(title="Pearson r"),
+                                     hovertemplate="%{y} × %{x}<br>r = %{z:.3f}<extra></extra>"), 1, col)
         fig.update_yaxes(autorange="reversed")
-        fig.update_layout(height=560, margin=dict(t=40, b=10))
-        st.plotly_chart(fig, width="stretch", key="results_corr_heatmaps")
+        fig.update_layout(height=580)
+        ui.tidy(fig)
+        st.plotly_chart(fig, width="stretch", key="results_corr_heatmaps", config=ui.PLOT_CONFIG)
 
 # ---------------------------------------------------------------------------------------------- compare
 with tab_cmp:
@@ -172,11 +194,10 @@ with tab_cmp:
         try:
             cmp = comparison(tuple(paths[n] for n in ready), tuple(val_stamp(RunDir(paths[n])) for n in ready))
             st.dataframe(cmp, hide_index=True, width="stretch",
-                         column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                        for c in ("val_gene_pcc", f"top{results.TOP_K}_pcc", "sample_pcc",
-                                                  "corr_fidelity")})
-            st.caption(f"Computed on the validation samples and genes all selected runs share; "
-                       f"top{results.TOP_K} = mean PCC over the {results.TOP_K} most variable genes.")
+                         column_config=ui.metric_columns(cmp.columns, {"n_val": "%d", "n_genes": "%d"},
+                                                         top_k=results.TOP_K))
+            st.caption("Computed on the validation patches and genes all selected runs share, with each run's "
+                       "final predictor. Hover a column name for what it measures.")
         except MaiError as exc:
             ui.show_error(exc)
         singles = [n for n in ready if RunDir(paths[n]).kind != "ensemble"]
@@ -188,16 +209,19 @@ with tab_cmp:
             weighting = st.radio("Member weights", ["mean", "val"], horizontal=True, key="results_ens_weights",
                                  help="mean: equal weights; val: weighted by each run's validation gene PCC")
             build = st.form_submit_button("Build ensemble", type="primary")
-        if build:
-            try:
-                with st.spinner("Building the ensemble…"):
-                    ens = build_ensemble([paths[m] for m in members], runs_dir() / ens_name.strip(),
-                                         weights=weighting, overwrite=False)
-                st.success(f"Ensemble **{ens.name}** written to `{ens.path}`.")
-                cmp = results.compare_runs([paths[m] for m in members] + [str(ens.path)])
-                st.dataframe(cmp, hide_index=True, width="stretch")
-            except MaiError as exc:
-                ui.show_error(exc)
+        ens_target = runs_dir() / ens_name.strip() if ens_name.strip() else None
+        if ens_target is not None and ens_target.exists() and RunDir(ens_target).kind != "ensemble":
+            ens_target = None  # a training run has this name: no replacing, the build below says why
+        ens = ui.save_with_confirmation(
+            "results_ensemble", "ensemble", ens_name.strip(), ens_target, build,
+            lambda overwrite: build_ensemble([paths[m] for m in members], ensemble_path(ens_name),
+                                             weights=weighting, overwrite=overwrite),
+            lambda e: f"Ensemble **{e.name}** written to `{e.path}`.")
+        if ens is not None:
+            cmp = results.compare_runs([paths[m] for m in members] + [str(ens.path)])
+            st.dataframe(cmp, hide_index=True, width="stretch",
+                         column_config=ui.metric_columns(cmp.columns, {"n_val": "%d", "n_genes": "%d"},
+                                                         top_k=results.TOP_K))
 
 # ---------------------------------------------------------------------------------------------- submission
 with tab_sub:
@@ -209,14 +233,11 @@ with tab_sub:
         default_csv = str(Path(ds.root) / "test.csv")
         csv_path = st.text_input("CSV with ID, path columns", value=default_csv, key="results_sub_csv")
         if st.button("Predict", key="results_sub_go"):
-            run_p = RunDir(paths[sub_run])
-            ck = run_p.model_checkpoint()
-            try:
-                data = submission_bytes(str(run_p.path), _stamp(ck) if ck else _stamp(run_p.config_path),
-                                        csv_path, _stamp(Path(csv_path)))
-                st.session_state["results_submission"] = (f"submission-{sub_run}.csv", data)
+            try:  # a typed path must lie in the workspace, this dataset or a listed data folder
+                ui.start_submission(RunDir(paths[sub_run]), str(ui.resolve_typed_path(csv_path, "CSV", ds=ds)))
             except MaiError as exc:
                 ui.show_error(exc)
+        ui.submission_progress()
         if "results_submission" in st.session_state:
             fname, data = st.session_state["results_submission"]
             st.download_button(f"Download {fname}", data, file_name=fname, mime="text/csv", key="results_sub_dl")

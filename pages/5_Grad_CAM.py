@@ -26,13 +26,13 @@ def get_cams(run_path: str, run_key: str, layer: str, data_root: str, fingerprin
     data = ui.cached_dataset(data_root)
     images = data.images(split, [data.index(split)[i] for i in ids])
     result = get_explainer(run_path, run_key, layer).explain(images, list(genes), method=method)
-    return images, result.cams, result.predicted, result.layer
+    return images, result.cams, result.predicted, result.layer, result.peaks
 
 
 @st.cache_data(show_spinner="Comparing maps…", max_entries=16)
 def get_similarity(run_path: str, run_key: str, layer: str, data_root: str, fingerprint: str, split: str,
                    ids: tuple[str, ...], genes: tuple[str, ...], method: str):
-    _, cams, _, _ = get_cams(run_path, run_key, layer, data_root, fingerprint, split, ids, genes, method)
+    _, cams, _, _, _ = get_cams(run_path, run_key, layer, data_root, fingerprint, split, ids, genes, method)
     return explain.cam_similarity(cams, list(genes))
 
 
@@ -46,6 +46,24 @@ def run_grouping(path: str, stamp: int):
     from mai_core.genes.grouping import load_grouping
 
     return load_grouping(path).members()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)  # shared, not copied: the frame can be large
+def split_truth(root: str, fingerprint: str, split: str):
+    from mai_core.data import split_truth as truth_of
+
+    return truth_of(ui.cached_dataset(root), split)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def validation_ids(path: str, stamp: int) -> frozenset:
+    """IDs the run held out for validation (from its val_predictions.parquet)."""
+    import pandas as pd
+
+    try:
+        return frozenset(pd.read_parquet(path, columns=["ID"])["ID"].astype(str))
+    except (OSError, ValueError, KeyError):
+        return frozenset()
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -103,8 +121,11 @@ image_id = st.selectbox(f"Image ({len(matches)} matching)", matches, key="gc_ima
 # genes
 mode = st.radio("Genes", ["by name", "by prefix", "by cluster"], horizontal=True, key="gc_mode")
 if mode == "by name":
-    chosen = st.multiselect("Genes", run_genes, default=run_genes[:3], key="gc_genes",
-                            max_selections=MAX_GENES)
+    ui.restore("gc_genes", default=run_genes[:3])
+    if any(g not in run_genes for g in st.session_state.get("gc_genes", [])):  # another run: keep what it has
+        st.session_state["gc_genes"] = [g for g in st.session_state["gc_genes"] if g in run_genes] or run_genes[:3]
+    chosen = st.multiselect("Genes", run_genes, key="gc_genes", max_selections=MAX_GENES)
+    ui.remember("gc_genes")
 elif mode == "by prefix":
     families = gene_families(tuple(run_genes))
     prefix = st.text_input("Name prefix", value=families[0] if families else "", key="gc_prefix",
@@ -132,29 +153,57 @@ if not chosen:
     st.info("Choose at least one gene.")
     st.stop()
 
-c_alpha, c_cmap, c_cols = st.columns(3)
-alpha = c_alpha.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="gc_alpha")
-cmap = c_cmap.selectbox("Colour map", list(explain.COLORMAPS), key="gc_cmap")
+c_alpha, c_cmap, c_scale, c_cols = st.columns([2, 2, 2, 2])
+alpha = c_alpha.slider("Map opacity", 0.0, 1.0, 0.7, 0.05, key="gc_alpha",
+                       help="opacity where the map is highest; it fades with the map value, so low-attribution "
+                            "tissue stays visible")
+cmap = c_cmap.selectbox("Colour map", list(explain.COLORMAPS), key="gc_cmap",
+                        index=list(explain.COLORMAPS).index(explain.DEFAULT_COLORMAP),
+                        help="inferno, viridis, magma and cividis are perceptually uniform: equal steps in map "
+                             "value look like equal steps in colour (jet and turbo are not)")
+scaling = c_scale.radio("Map scale", list(explain.SCALINGS), key="gc_scaling", horizontal=True,
+                        help="\n".join(f"- **{k}**: {v}" for k, v in explain.SCALINGS.items()))
 per_row = c_cols.slider("Maps per row", 2, 8, 4, key="gc_per_row")
 
 # ---------------------------------------------------------------------------------------------- overlays
 try:
-    images, cams, predicted, layer_label = get_cams(str(run.path), key, layer.strip(), str(ds.root), ds.fingerprint,
-                                                    split, (image_id,), tuple(chosen), method)
+    images, cams, predicted, layer_label, peaks = get_cams(str(run.path), key, layer.strip(), str(ds.root),
+                                                           ds.fingerprint, split, (image_id,), tuple(chosen), method)
 except MaiError as exc:
     ui.show_error(exc)
     st.stop()
-truth_row = ds.train.index[ds.train["ID"] == image_id] if split == "train" else []
-st.image(explain.colorbar(cmap, 400, 14), caption="map value: low → high (each map scaled to its own maximum)",
-         width=400)
-cols = st.columns(per_row)
-for k, gene in enumerate(chosen):
-    with cols[k % per_row]:
-        st.image(explain.overlay(images[0], cams[0, k], alpha, cmap), caption=gene, width="stretch")
-        true = f"{float(ds.train.at[truth_row[0], gene]):.3f}" if len(truth_row) and gene in ds.train.columns else "—"
-        st.markdown(f"predicted **{predicted[0, k]:.3f}** · true {true}")
-    if k % per_row == per_row - 1 and k + 1 < len(chosen):
-        cols = st.columns(per_row)
+shown = explain.shared_scale(cams, peaks) if scaling == "shared" and peaks is not None else cams
+truth = split_truth(str(ds.root), ds.fingerprint, split)
+unit = ui.dataset_unit(ds)
+val_stamp = run.val_predictions_path.stat().st_mtime_ns if run.val_predictions_path.is_file() else 0
+if split == "test":
+    role = "test patch: never seen in training or model selection"
+elif image_id in (validation_ids(str(run.val_predictions_path), val_stamp) if val_stamp else frozenset()):
+    role = "validation patch of this run: held out from training"
+else:
+    role = "training patch of this run: the model was fitted on it" if val_stamp else \
+        "training split (this run recorded no validation split)"
+scale_words = ("each map stretched to its own maximum" if scaling == "per map"
+               else "one scale across the genes shown: the strongest map sets the top")
+st.markdown(f"**{image_id}** — {role}. Values below each map: predicted and true expression, {unit.label}.")
+st.image(explain.colorbar(cmap, 400, 14), caption=f"map value: low → high ({scale_words})", width=400)
+per_row = max(2, per_row)
+cells = [("original", None)] + [(gene, k) for k, gene in enumerate(chosen)]
+for start in range(0, len(cells), per_row):
+    cols = st.columns(per_row)
+    for col, (gene, k) in zip(cols, cells[start:start + per_row]):
+        with col:
+            if k is None:
+                st.image(images[0], caption="original patch", width="stretch")
+                st.markdown("&nbsp;")
+                continue
+            st.image(explain.overlay(images[0], shown[0, k], alpha, cmap, weighted=True), caption=gene,
+                     width="stretch")
+            true = (f"{float(truth.at[image_id, gene]):.3f}" if truth is not None and gene in truth.columns
+                    and image_id in truth.index else "—")
+            st.markdown(f"predicted **{predicted[0, k]:.3f}** · true {true}")
+if truth is None:
+    st.caption("true —: this split has no known expression (no gene columns in test.csv and no test_truth.csv).")
 
 # ---------------------------------------------------------------------------------------------- faithfulness
 modules = demo_truth(str(ds.root), ds.fingerprint)
@@ -186,11 +235,13 @@ if len(chosen) >= 2:
     sim = get_similarity(str(run.path), key, layer.strip(), str(ds.root), ds.fingerprint, split, sim_ids,
                          tuple(chosen), method)
     fig = go.Figure(go.Heatmap(z=sim.to_numpy(), x=chosen, y=chosen, zmin=-1, zmax=1, colorscale="RdBu_r",
-                               colorbar=dict(title="r")))
+                               colorbar=dict(title="Pearson r of maps"),
+                               hovertemplate="%{y} × %{x}<br>r = %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=max(320, 26 * len(chosen) + 120), margin=dict(t=30, b=10),
-                      title=f"Pearson r of maps, mean over {len(sim_ids)} image(s)")
-    st.plotly_chart(fig, width="stretch", key="gc_similarity")
+    fig.update_layout(height=max(340, 26 * len(chosen) + 140),
+                      title=f"Pearson r between maps, mean over {len(sim_ids)} image(s)")
+    ui.tidy(fig)
+    st.plotly_chart(fig, width="stretch", key="gc_similarity", config=ui.PLOT_CONFIG)
     summary = explain.prefix_similarity(sim)
     if summary["n_within_pairs"] and summary["n_between_pairs"]:
         m1, m2, m3 = st.columns(3)

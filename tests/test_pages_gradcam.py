@@ -95,3 +95,46 @@ def test_page_reports_a_bad_layer_without_crashing(app_env):
     assert not at.exception
     assert any("not found" in e.value for e in at.error)
 
+
+
+def test_chosen_genes_survive_other_modes_and_test_split_shows_truth(app_env, demo_dir):
+    import pandas as pd
+
+    from mai_core.runs import RunDir
+
+    genes = RunDir(app_env / "runs" / "tiny").read_genes()
+    at = _page()
+    pick = genes[5:8]
+    at.multiselect(key="gc_genes").set_value(pick).run()
+    at.radio(key="gc_mode").set_value("by prefix").run()
+    at.radio(key="gc_mode").set_value("by cluster").run()
+    at.radio(key="gc_mode").set_value("by name").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="gc_genes").value == pick  # back to "by name": the chosen genes are still there
+
+    # the original patch sits beside the overlays; the role of the patch and the unit are said
+    captions = [img.caption for e in at.get("image") for img in e.proto.imgs]
+    assert "original patch" in captions and captions.index("original patch") < captions.index(pick[0])
+    assert any("training patch of this run" in m.value or "validation patch of this run" in m.value
+               for m in at.markdown)
+    assert any("log1p(size-normalised counts)" in m.value for m in at.markdown)
+
+    # the demo's test split has a known truth (test_truth.csv): shown, not "true —"
+    at.radio(key="gc_split").set_value("test").run()
+    assert not at.exception, at.exception
+    image_id = at.selectbox(key="gc_image").value
+    truth = pd.read_csv(demo_dir / "test_truth.csv", dtype={"ID": str}).set_index("ID")
+    lines = [m.value for m in at.markdown if m.value.startswith("predicted **")]
+    assert len(lines) == 3
+    for line, gene in zip(lines, pick):
+        assert line.endswith(f"true {truth.at[image_id, gene]:.3f}"), line
+    assert any("test patch: never seen" in m.value for m in at.markdown)
+
+    # per-map scaling by default, a shared scale on request; the colour bar says which is in use
+    def bar_caption():
+        return next(img.caption for e in at.get("image") for img in e.proto.imgs if img.caption.startswith("map value"))
+
+    assert "each map stretched to its own maximum" in bar_caption()
+    at.radio(key="gc_scaling").set_value("shared").run()
+    assert not at.exception, at.exception
+    assert "one scale across the genes shown" in bar_caption()

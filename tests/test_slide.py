@@ -336,9 +336,9 @@ def test_cli_subprocess_exit_code_2_without_traceback(tmp_path):
 
 
 def test_cli_norm_choices_match_library():
-    from mai_core.commands import import_slide as cmd
+    from mai_core.commands import import_data, import_slide
 
-    assert set(cmd._NORMS) == set(importer.NORMS) and cmd.NAME == "import-slide"
+    assert set(import_data._NORMS) == set(importer.NORMS) and import_slide.NAME == "import-slide"
 
 
 @pytest.mark.slow

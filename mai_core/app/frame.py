@@ -14,6 +14,55 @@ from mai_core.data.dataset import MAIDataset, collect_problems, load_dataset
 from mai_core.errors import MaiError, Problem
 
 DEMO_LABEL = "Demo dataset (embedded)"
+# folders (separated like PATH) the app may read datasets and files from, besides the workspace and MAI_DATA
+DATA_ROOTS_ENV = "MAI_DATA_ROOTS"
+
+
+def allowed_roots(ds: MAIDataset | None = None) -> list[Path]:
+    """Where paths typed in the app may point: the workspace, the default dataset (``MAI_DATA``), the
+    folders listed in ``MAI_DATA_ROOTS`` and, for files, the chosen dataset."""
+    from mai_core.workspace import workspace_dir
+
+    roots = [workspace_dir()]
+    listed = [os.environ.get("MAI_DATA", "")] + os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep)
+    if ds is not None:
+        listed.append(str(ds.root))
+    for text in listed:
+        if text.strip():
+            try:
+                roots.append(Path(text.strip()).expanduser().resolve())
+            except (OSError, ValueError, RuntimeError):
+                continue
+    return list(dict.fromkeys(roots))
+
+
+def resolve_typed_path(text: str, what: str, ds: MAIDataset | None = None) -> Path:
+    """A path typed in the app, resolved (links followed) and accepted only inside :func:`allowed_roots`.
+
+    Relative paths start at the chosen dataset (or the workspace). MaiError names the path and the
+    allowed folders; it never says anything about what the path holds.
+    """
+    from mai_core.io import check_path_text, shown_path
+
+    text = str(text or "").strip()
+    problems = check_path_text(text, what)
+    if problems:
+        raise MaiError(f"this {what} cannot be used", problems)
+    roots = allowed_roots(ds)
+    base = Path(ds.root) if ds is not None else roots[0]
+    try:
+        path = Path(text).expanduser()
+        resolved = (path if path.is_absolute() else base / path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise MaiError(f"this {what} cannot be used", [Problem(shown_path(text), f"not a usable path "
+                                                               f"({getattr(exc, 'strerror', None) or type(exc).__name__})",
+                                                               "check the path")]) from None
+    if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        raise MaiError(f"the {what} is outside the folders this app reads",
+                       [Problem(shown_path(text), "not inside " + ", ".join(str(r) for r in roots),
+                                f"move it under one of these folders, or start the app with {DATA_ROOTS_ENV} "
+                                f"naming its folder (several separated by '{os.pathsep}')")])
+    return resolved
 
 
 def dataset_stamp(path: str) -> tuple:
@@ -83,7 +132,11 @@ def sidebar_dataset() -> MAIDataset | None:
                                   value=st.session_state.get("dataset_folder_last", ""),
                                   placeholder="/data/my_dataset")
             if typed:
-                st.session_state["dataset_path"] = str(Path(typed).expanduser().resolve())
+                try:
+                    st.session_state["dataset_path"] = str(resolve_typed_path(typed, "dataset folder"))
+                except MaiError as exc:
+                    show_error(exc)
+                    return None
                 st.session_state["dataset_folder_last"] = typed
             else:
                 st.info("Type a folder path, or pick the demo dataset.")

@@ -133,7 +133,7 @@ def _training_form(ds) -> None:
             return
         where = "started" if info.state == "running" else f"queued (position {info.queue_position})" \
             if info.queue_position else info.state
-        st.session_state["_mai_jobs_notice"] = f"Job **{info.id}** {where} on {info.device}."
+        st.session_state["_mai_jobs_notice"] = (info.id, f"Job **{info.id}** {where} on {info.device}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,16 +147,31 @@ def _curves(info: jobs.JobInfo) -> None:
 
     m = read_metrics(info.run_dir)
     if m.empty:
-        st.caption("Curves appear after the first epoch.")
+        if info.state in ("queued", "running") and not info.phase and (info.epoch or 0) <= 1:
+            st.caption("Curves appear after epoch 1.")
         return
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "val gene PCC"))
     fig.add_trace(go.Scatter(x=m["epoch"], y=m["train_loss"], name="train", mode="lines+markers"), 1, 1)
     fig.add_trace(go.Scatter(x=m["epoch"], y=m["val_loss"], name="val", mode="lines+markers"), 1, 1)
     fig.add_trace(go.Scatter(x=m["epoch"], y=m["val_gene_pcc"], name="PCC", mode="lines+markers",
                              showlegend=False), 1, 2)
-    fig.update_layout(height=180, margin=dict(l=0, r=0, t=24, b=0), legend=dict(orientation="h", y=-0.25),
+    fig.update_layout(height=190, margin=dict(l=0, r=0, t=24, b=0), legend=dict(orientation="h", y=-0.3),
                       font=dict(size=10))
+    fig.update_xaxes(dtick=1, tickformat="d")
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False}, key=f"job_curves_{info.id}")
+
+
+def _once(text: str) -> str:
+    """Log text with each message once: a line repeating the previous one without its time stamp goes."""
+    import re
+
+    out: list[str] = []
+    for line in text.splitlines():
+        bare = re.sub(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ", "", line)
+        if out and (line == out[-1] or bare == re.sub(r"^\[[^\]]*\] ", "", out[-1])):
+            continue
+        out.append(line)
+    return "\n".join(out)
 
 
 def _badge(state: str) -> str:
@@ -168,6 +183,10 @@ def _job_row(info: jobs.JobInfo) -> None:
     st.markdown(f"**{info.id}** {_badge(info.state)}")
     if info.state == "queued":
         st.caption(f"waiting for {info.device}" + (f" (position {info.queue_position})" if info.queue_position else ""))
+    elif info.state == "running" and info.phase:
+        done, total = info.phase_done or 0, info.phase_total or 0
+        st.progress(min(done / total, 1.0) if total else 0.0,
+                    text=f"{info.phase}: {done:,}/{total:,} patches" if total else str(info.phase))
     elif info.state in ("running", "stopped", "failed"):
         text = f"epoch {info.epoch or 0}/{info.epochs or '?'}"
         if info.state == "running":
@@ -205,7 +224,7 @@ def _job_row(info: jobs.JobInfo) -> None:
             if info.state != "running":
                 _curves(info)
             st.caption(f"`{info.run_dir}`")
-            st.code(jobs.log_tail(info, 25) or "(empty)", language=None)
+            st.code(_once(jobs.log_tail(info, 25)) or "(empty)", language=None)
 
 
 def _job_panel(live: bool) -> None:
@@ -217,9 +236,14 @@ def _job_panel(live: bool) -> None:
         st.rerun(scope="app")  # a job appeared while this list was idle
     if any(j.state == "queued" for j in active):
         jobs.kick_queues()
-    notice = st.session_state.pop("_mai_jobs_notice", None)
+    notice = st.session_state.get("_mai_jobs_notice")
     if notice:
-        st.success(notice)
+        job_id, text = notice if isinstance(notice, tuple) else (None, notice)
+        shown_job = next((j for j in infos if j.id == job_id), None)
+        st.success(text)
+        if shown_job is None or shown_job.state not in ("queued", "running") or shown_job.progress > 0 \
+                or shown_job.epoch:
+            st.session_state.pop("_mai_jobs_notice", None)  # its card below now tells how it goes
     if not infos:
         st.caption("No training jobs yet.")
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "ensemble"
+OUTPUT = "ensemble directory"
 HELP = "average several runs (equal or validation-PCC weights) into an ensemble directory"
 DESCRIPTION = (
     "Members must predict the same genes. The ensemble directory (config.yaml kind: ensemble, genes.txt, "
@@ -24,7 +25,7 @@ def run(args) -> int:
     from mai_core.runs.ensemble import build_ensemble
     from mai_core.runs import read_config, read_status
 
-    ens = build_ensemble(args.runs, args.out, weights=args.weights)
+    ens = build_ensemble(args.runs, args.out, weights=args.weights, force=args.force)
     cfg = read_config(ens)
     for m in cfg["members"]:
         pcc = m["val_gene_pcc"]

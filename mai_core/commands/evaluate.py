@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from mai_core.commands.predict import tta_views_arg
+
 NAME = "evaluate"
+OUTPUT = "metrics JSON"
 HELP = "evaluate a run or ensemble on a labelled split (gene-wise PCC, top-50, sample-wise PCC, MSE)"
 DESCRIPTION = (
     "Predicts the chosen split of DIR and prints metrics. --split train: every row of train.csv; "
@@ -17,9 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run or ensemble directory")
     p.add_argument("--data", help="dataset folder (not needed for --split val)")
     p.add_argument("--split", choices=("train", "test", "val"), default="test")
-    p.add_argument("--out", help="write the metrics (with per-gene PCC) as JSON here")
+    p.add_argument("--out", help="write the metrics (with per-gene PCC) as JSON here (an existing file is only "
+                   "replaced when it holds earlier metrics; --force replaces any file)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", choices=("on", "off"), help="override the run's test-time augmentation setting")
+    p.add_argument("--tta", type=tta_views_arg, metavar="N",
+                   help="test-time augmentation views: 1 = off .. 8 = all dihedral views (also on = 8, off = 1); "
+                        "default: the run's setting")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -34,14 +40,17 @@ def format_table(metrics: dict) -> str:
 
 
 def run(args) -> int:
+    from mai_core.io import check_replaceable, mark_output, write_json
     from mai_core.runs.predict import evaluate_run
-    from mai_core.io import write_json
 
-    tta = None if args.tta is None else args.tta == "on"
+    if args.out:
+        check_replaceable(args.out, None, OUTPUT, force=args.force)
+
     metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device,
-                           progress=not args.quiet, tta=tta)
+                           progress=not args.quiet, tta=args.tta)
     print(format_table(metrics))
     if args.out:
         write_json(args.out, metrics)
+        mark_output(args.out, OUTPUT)
         print(f"wrote {args.out}")
     return 0

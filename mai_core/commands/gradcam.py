@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "gradcam"
+OUTPUT = "Grad-CAM output"
 HELP = "per-gene Grad-CAM: overlay PNGs, raw maps (.npy) and an index CSV for chosen images and genes"
 DESCRIPTION = (
     "Explain a run's (or ensemble's) predicted expression of each chosen gene on each chosen image: "
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CAM method (default gradcam); eigencam is the same for every gene")
     p.add_argument("--layer", help="target layer by dotted name, e.g. blocks.11.norm1 (default: per backbone)")
     p.add_argument("--split", choices=("train", "test"), help="where to look for the IDs (default: train, then test)")
-    p.add_argument("--out", required=True, help="output folder (replaced)")
+    p.add_argument("--out", required=True, help="output folder (an earlier Grad-CAM output there is replaced)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heat map over the image (0..1)")
     p.add_argument("--cmap", default="jet", choices=list(COLORMAPS), help="colour map")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -51,7 +52,8 @@ def run(args) -> int:
         raise MaiError("no image IDs given", [Problem("--ids", "empty", "pass --ids ID1,ID2")])
     index = write_gradcam(args.run, args.data, ids, genes=genes or None, prefix=args.prefix, method=args.method,
                           layer=args.layer, split=args.split, out=args.out, alpha=args.alpha, cmap=args.cmap,
-                          device=args.device, disk_cache=args.cache, progress=not args.quiet)
+                          device=args.device, disk_cache=args.cache, progress=not args.quiet,
+                          force=args.force)
     print(f"wrote {args.out}: {len(index)} maps ({index['id'].nunique()} images x {index['gene'].nunique()} genes, "
           f"{args.method} at {index['layer'].iat[0]})")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mai_core.commands.import_data import _NORMS, add_target_options
+from mai_core.commands.import_data import add_target_options
 
 NAME = "import-slide"
 HELP = "import a spatial-transcriptomics section (H&E image + spots + counts) into an MAI dataset folder"

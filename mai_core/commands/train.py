@@ -6,6 +6,7 @@ import argparse
 import sys
 
 NAME = "train"
+OUTPUT = "training run"
 HELP = "train an expression model on a dataset's train.csv and write a run directory"
 DESCRIPTION = (
     "Train on DIR/train.csv with a seeded validation split and write RUN_DIR (config.yaml, genes.txt, "
@@ -17,7 +18,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=False, help="dataset folder with train.csv (not needed with --resume)")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--out", required=True, help="run directory to write (new or empty, or a run that never "
+                   "got past its start; --force starts over in any folder)")
     p.add_argument("--config", help="YAML file with settings (same layout as a run's config.yaml)")
     p.add_argument("--model", choices=("finetune", "frozen", "ridge"),
                    help="finetune: train the backbone (partially) and heads; frozen: heads on cached "
@@ -130,7 +132,7 @@ def run(args) -> int:
             raise MaiError("no dataset given", [Problem("--data", "missing", "pass the dataset folder with --data "
                                                                            "(or set data: in the --config file)")])
     try:
-        train(cfg, out, resume=args.resume, progress=not args.quiet)
+        train(cfg, out, resume=args.resume, progress=not args.quiet, force=args.force)
     except MaiError:
         raise
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@
 count tables), ``slideimage`` (full-resolution H&E images, patches), ``wsi`` (whole-slide readers, regions on
 demand), ``mpp`` (resolution), ``positions`` (spot/tile centres), ``sections`` + ``visium`` / ``hest`` /
 ``anndata_io`` (sections of every format, checked alike), ``importer`` (sections → patches + expression),
-``demo`` and ``tissue`` (synthetic H&E with planted gene modules).
+``demo`` and ``tissue`` (synthetic H&E with planted gene modules),
+``units`` (what the expression values are, and the known truth of a split).
 """
 
 from mai_core._lazy import attach
@@ -27,4 +28,5 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "visium": ("visium_outs", "stage_visium", "read_10x_counts", "counts_from_anndata"),
     "hest": ("hest_root", "hest_files", "stage_hest"),
     "anndata_io": ("read_h5ad", "write_h5ad", "spatial_uns", "spatial_library", "stage_h5ad", "spots_of_anndata"),
+    "units": ("ExpressionUnit", "expression_unit", "split_truth"),
 })

@@ -14,6 +14,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "engine": ("to_input", "image_key", "CamResult", "CamExplainer", "run_key"),
     "analysis": ("gene_family", "gene_families", "select_genes", "cam_similarity", "prefix_similarity",
                  "faithfulness", "load_masks", "gene_modules"),
-    "render": ("COLORMAPS", "heatmap", "overlay", "colorbar", "save_png"),
+    "render": ("COLORMAPS", "DEFAULT_COLORMAP", "SCALINGS", "heatmap", "overlay", "shared_scale", "colorbar",
+               "save_png"),
     "export": ("resolve_ids", "write_gradcam"),
 })

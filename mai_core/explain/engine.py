@@ -79,13 +79,19 @@ def _finalize(raw_layers: Sequence[np.ndarray], size: tuple[int, int]) -> np.nda
 
 @dataclass
 class CamResult:
-    """CAMs of N images × G genes: ``cams`` float32 N×G×H×W in [0, 1]; ``predicted`` N×G model outputs."""
+    """CAMs of N images × G genes: ``cams`` float32 N×G×H×W in [0, 1]; ``predicted`` N×G model outputs.
+
+    Each map is scaled to its own maximum; ``peaks`` (N×G) holds the range of each map before that
+    scaling (mean over target layers), so maps can be put on one scale across genes
+    (:func:`mai_core.explain.render.shared_scale`).
+    """
 
     cams: np.ndarray
     predicted: np.ndarray
     genes: list[str]
     method: str
     layer: str
+    peaks: np.ndarray | None = None
 
 
 class CamExplainer:
@@ -199,12 +205,14 @@ class CamExplainer:
                     self._store((keys[i], g, spec.name), entry)
         n, G = x.shape[0], len(idx)
         cams = np.empty((n, G, size[1], size[0]), dtype=np.float32)
+        peaks = np.zeros((n, G), dtype=np.float32)
         for i in range(n):
             layers = [np.stack([raw[(i, g)][li] for g in idx]) for li in range(len(self.layers.modules))]
             cams[i] = _finalize(layers, size)
+            peaks[i] = np.mean([np.ptp(m.reshape(len(idx), -1), axis=1) for m in layers], axis=0) if G else 0.0
         predicted = np.stack([self._pred_cache[k][idx] for k in keys]) if n else np.zeros((0, G), np.float32)
         return CamResult(cams, predicted.astype(np.float32), [self.genes[g] for g in idx], spec.name,
-                         self.layer_name)
+                         self.layer_name, peaks)
 
     def predict(self, images) -> np.ndarray:
         """Model outputs (N×G, all genes) for images, reusing the outputs of CAM forward passes."""

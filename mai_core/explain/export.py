@@ -51,7 +51,7 @@ def resolve_ids(ds, ids: Sequence[str], split: str | None) -> list[tuple[str, st
 def write_gradcam(run, data, ids: Sequence[str], genes: Sequence[str] | None = None, prefix: str | None = None,
                   method: str = "gradcam", layer: str | None = None, split: str | None = None, out=None,
                   alpha: float = 0.5, cmap: str = "jet", device="auto", disk_cache=None,
-                  progress: bool = False) -> pd.DataFrame:
+                  progress: bool = False, force: bool = False) -> pd.DataFrame:
     """Overlay PNGs, raw maps (.npy) and ``index.csv`` for (ids × genes) into ``out`` (atomically).
 
     Returns the index: id, split, gene, method, layer, predicted, true, png, npy (paths relative to out).
@@ -105,7 +105,7 @@ def write_gradcam(run, data, ids: Sequence[str], genes: Sequence[str] | None = N
             if g in frame.columns and len(row):
                 true_lookup[(i, g)] = float(frame.at[row[0], g])
     rows = []
-    with atomic_dir(out, lambda p: (p / "index.csv").is_file(), "Grad-CAM output") as tmp:
+    with atomic_dir(out, lambda p: (p / "index.csv").is_file(), "Grad-CAM output", force=force) as tmp:
         (tmp / "overlays").mkdir()
         (tmp / "maps").mkdir()
         for n, (i, s) in enumerate(pairs):

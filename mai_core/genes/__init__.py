@@ -15,7 +15,11 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                  "kmeans_labels", "kmeans_genes", "kmeans_scan", "gene_prefix", "prefix_groups", "parse_gmt",
                  "parse_gmt_text", "geneset_groups", "adjusted_rand", "grouping_ari", "sets_to_labels",
                  "true_modules"),
-    "embedding": ("data_key", "umap_cache_path", "umap_embedding"),
+    "functional": ("term_similarity", "term_mds", "term_clusters", "functional_groups", "bicluster_groups",
+                   "hub_genes"),
+    "embedding": ("UMAP_DEFAULTS", "UMAP_STAGES", "data_key", "umap_cache_path", "cached_umap", "umap_embedding",
+                  "warm_umap"),
     "overview": ("SCALE_GROUP_NAMES", "scale_groups", "gene_summary", "CorrelationOverview",
-                 "correlation_overview", "parse_gene_list", "group_sizes", "save_grouping"),
+                 "correlation_overview", "parse_gene_list", "group_sizes", "suggested_grouping_name", "grouping_path",
+                 "save_grouping"),
 })

@@ -87,6 +87,21 @@ class CorrelationOverview:
         stops = list(self.block_starts[1:]) + [len(self.order)]
         return [self.genes[j] for j in self.order[self.block_starts[i]:stops[i]]]
 
+    def blocks_in_box(self, x_range, y_range) -> list[int]:
+        """Heatmap blocks (rows and columns) a selection box covers; ranges are in cell-index units, as
+        Plotly reports a box on categorical axes (cell i spans i − 0.5 … i + 0.5)."""
+        n = len(self.block_labels)
+        out: set[int] = set()
+        for lo, hi in (x_range, y_range):
+            lo, hi = sorted((float(lo), float(hi)))
+            first, last = max(0, int(np.floor(lo + 0.5))), min(n - 1, int(np.ceil(hi - 0.5)))
+            out.update(range(first, last + 1))
+        return sorted(out)
+
+    def genes_in_box(self, x_range, y_range) -> list[str]:
+        """Genes of the blocks a selection box covers, in clustered order."""
+        return [g for b in self.blocks_in_box(x_range, y_range) for g in self.block_genes(b)]
+
     def clusters(self, n_clusters: int) -> dict[str, list[str]]:
         """Cut the tree into at most ``n_clusters`` groups, named by their first gene in display order."""
         labels = cut_linkage(self.linkage, n_clusters, len(self.genes))
@@ -142,6 +157,35 @@ def group_sizes(grouping: Grouping) -> pd.DataFrame:
 
 
 _NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
+
+
+def suggested_grouping_name(grouping: Grouping, source: str | None = None) -> str:
+    """A name that says how a grouping was made, e.g. ``kmeans_k8``, ``prefix_min5``, ``geneset_hallmark_min3``.
+
+    ``source``: the gene-set file the grouping came from (its stem goes into gene-set names).
+    """
+    p = grouping.params or {}
+    if grouping.method == "kmeans":
+        name = f"kmeans_k{p.get('k', len(set(grouping.groups)))}" + (f"_seed{p['seed']}" if p.get("seed") else "")
+    elif grouping.method == "prefix":
+        from mai_core.genes.clusters import DEFAULT_PREFIX_PATTERN
+
+        custom = p.get("pattern", DEFAULT_PREFIX_PATTERN) != DEFAULT_PREFIX_PATTERN
+        name = f"prefix{'_custom' if custom else ''}_min{p.get('min_size', 1)}"
+    elif grouping.method == "geneset":
+        stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(str(source or p.get("gmt") or "sets")).stem).strip("_")[:40]
+        name = f"geneset_{stem or 'sets'}_min{p.get('min_size', 1)}"
+    else:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(grouping.method))[:40] or "grouping"
+    return name[:80]
+
+
+def grouping_path(name: str) -> Path:
+    """Where :func:`save_grouping` writes ``name`` (whether or not it exists)."""
+    from mai_core.workspace import groupings_dir
+
+    name = str(name or "").strip()
+    return groupings_dir() / f"{name[:-4] if name.lower().endswith('.csv') else name}.csv"
 
 
 def save_grouping(grouping: Grouping, name: str, overwrite: bool = True) -> Path:

@@ -1,5 +1,5 @@
 """Models: the backbone registry and weights, the expression model (backbone + per-group heads),
-losses, ridge regression on embeddings, test-time augmentation."""
+losses, ridge regression on embeddings, test-time augmentation, the fast CPU/GPU execution path."""
 
 from mai_core._lazy import attach
 
@@ -10,5 +10,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "losses": ("PEARSON_MODES", "validate_weights", "pearson_along", "pearson_loss", "covariance_loss",
                "ExpressionLoss"),
     "ridge": ("DEFAULT_ALPHAS", "RidgeFit", "fit_ridge", "predict_ridge"),
-    "tta": ("MAX_VIEWS", "dihedral_views", "dihedral_view_np", "tta_views"),
+    "tta": ("MAX_VIEWS", "dihedral_views", "dihedral_view", "dihedral_view_np", "tta_views", "parse_views"),
+    "fastpath": ("available_cpus", "tune_cpu_allocator", "tune_cpu", "prefers_channels_last", "to_float_batch",
+                 "prefetched"),
 })

@@ -9,6 +9,7 @@ validation IDs, when they share a split). Member checkpoints are referenced, not
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from mai_core.errors import MaiError, Problem
 from mai_core.runs.rundir import RunDir, read_config
 
 WEIGHTINGS = ("mean", "val")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # the same rule as run names
+
+
+def ensemble_path(name: str, root=None) -> Path:
+    """Where an ensemble named ``name`` (typed in the app) goes: a plain name under the workspace runs/."""
+    from mai_core.workspace import runs_dir
+
+    name = str(name or "").strip()
+    if not NAME_RE.match(name) or set(name) <= {"."}:
+        raise MaiError(f"invalid ensemble name {name[:80]!r}",
+                       [Problem("ensemble name", "use letters, digits, '.', '_' or '-' (starting with a letter or "
+                                "digit, at most 80 characters, no folders)", "e.g. ensemble-3runs")])
+    return Path(root if root is not None else runs_dir()) / name
 
 
 def _val_frame(run: RunDir, genes: list[str]):
@@ -41,10 +55,11 @@ def member_val_pcc(run: RunDir, genes: list[str]) -> float | None:
     return None if best is None else float(best)
 
 
-def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True) -> RunDir:
+def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True, force: bool = False) -> RunDir:
     """Combine finished runs into an ensemble directory (mean or validation-PCC weights).
 
-    ``overwrite=False`` refuses an ``out`` that exists already (what the app asks for).
+    ``overwrite=False`` refuses an ``out`` that exists already (what the app asks for). An existing ``out``
+    that is not an ensemble is refused unless ``force`` (``mai_core.io.check_replaceable``).
     """
     import pandas as pd
 
@@ -124,9 +139,12 @@ def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True) -> 
         raise MaiError(f"--out {out} is one of the ensemble's members", hint="choose another --out folder")
 
     def is_ensemble(p: Path) -> bool:
-        return (p / "config.yaml").is_file() and read_config(p).get("kind") == "ensemble"
+        try:
+            return (p / "config.yaml").is_file() and read_config(p).get("kind") == "ensemble"
+        except MaiError:
+            return False
 
-    with atomic_dir(out, is_ensemble, "ensemble directory") as tmp:
+    with atomic_dir(out, is_ensemble, "ensemble directory", force=force) as tmp:
         write_config(tmp, config)
         write_text(tmp / "genes.txt", "".join(g + "\n" for g in genes))
         if members[0].grouping_path.is_file():

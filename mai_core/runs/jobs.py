@@ -25,6 +25,7 @@ the process is identified by pid *and* its start time, so a recycled pid is not 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -42,6 +43,111 @@ from mai_core.runs.jobstore import (TERMINAL, all_records, device_lock, read_rec
 from mai_core.runs.queue import error_from_log, exit_reason, log_file_tail, spawn_runner
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _number(kind, lo=None, hi=None):
+    """A value check for one option: a whole number (``int``) or a finite number (``float``) in [lo, hi]."""
+    def check(text: str) -> str | None:
+        try:
+            v = kind(text)
+        except (TypeError, ValueError):
+            return "expects a whole number" if kind is int else "expects a number"
+        if kind is float and not math.isfinite(v):
+            return "expects a finite number"
+        if kind is float and abs(v) > _FLOAT32_MAX:
+            return "expects a number that fits a 32-bit float (at most 3.4e38 in size)"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return f"expects a value in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        return None
+    return check
+
+
+def _choice(*values):
+    def check(text: str) -> str | None:
+        return None if text in values else f"expects one of {', '.join(values)}"
+    return check
+
+
+def _pattern(rx: str, what: str):
+    compiled = re.compile(rx)
+
+    def check(text: str) -> str | None:
+        return None if compiled.fullmatch(text) else f"expects {what}"
+    return check
+
+
+# The `train` options the app's "More train options" field accepts (exact spelling), each with its value
+# check (None: a switch without value). Everything else is refused: the dataset, output folder, device and
+# resume are the form's own fields, and options that take a file path (--config, --grouping, --aug-policy
+# as a file, --weights as a file) cannot be given from a web form.
+EXTRA_TRAIN_OPTIONS: dict = {
+    "--model": _choice("finetune", "frozen", "ridge"),
+    "--backbone": _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}", "a backbone name (see the Backbone list)"),
+    "--weights": _choice("auto", "pretrained", "random"),
+    "--epochs": _number(int, 1, 100_000),
+    "--batch-size": _number(int, 1, 65_536),
+    "--lr": _number(float, 0, 10),
+    "--backbone-lr-mult": _number(float, 0, 10),
+    "--alpha": _number(float, 0, 1),
+    "--beta": _number(float, 0, 1),
+    "--pearson": _choice("sample", "gene", "both"),
+    "--head": _choice("linear", "mlp"),
+    "--pca": _number(int, 0, 100_000),
+    "--aug-policy": _pattern(r"(?!.*\.ya?ml$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a policy name (see the policy list)"),
+    "--ema": _number(float, 0, 1),
+    "--tta": _choice("on", "off"),
+    "--train-blocks": _number(int, -1, 1000),
+    "--freeze-blocks": _number(int, 0, 1000),
+    "--image-size": _number(int, 32, 1024),
+    "--val-fraction": _number(float, 0, 0.9),
+    "--val-sections": _pattern(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", "comma-separated section names"),
+    "--folds": _number(int, 0, 1000),
+    "--fold": _number(int, 0, 1000),
+    "--seed": _number(int, 0, 2**32 - 1),
+    "--compile": None,
+    "--workers": _number(int, 0, 64),
+    "--max-train-minutes": _number(float, 0, 1e7),
+    "--quiet": None,
+}
+
+
+def check_extra_options(tokens: list[str]) -> list[Problem]:
+    """Problems with extra ``train`` options (parsed against :data:`EXTRA_TRAIN_OPTIONS`, never guessed)."""
+    problems: list[Problem] = []
+    i = 0
+    tokens = [str(t) for t in tokens]
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        name, eq, value = tok.partition("=")
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        if not name.startswith("--"):
+            problems.append(Problem("more train options", f"'{shown}' is not an option",
+                                    "write options as --name value, e.g. --lr 3e-4"))
+            continue
+        if name not in EXTRA_TRAIN_OPTIONS:
+            problems.append(Problem("more train options", f"{shown} is not accepted here",
+                                    "use one of " + ", ".join(EXTRA_TRAIN_OPTIONS)
+                                    + " (spelled in full; data, run name and device have their own fields)"))
+            if not eq and i < len(tokens) and not tokens[i].startswith("-"):
+                i += 1  # its value, if it has one: not reported again
+            continue
+        check = EXTRA_TRAIN_OPTIONS[name]
+        if check is None:
+            if eq:
+                problems.append(Problem("more train options", f"{name} takes no value", f"write just {name}"))
+            continue
+        if not eq:
+            if i >= len(tokens) or (tokens[i].startswith("--")):
+                problems.append(Problem("more train options", f"{name} needs a value", f"write {name} VALUE"))
+                continue
+            value = tokens[i]
+            i += 1
+        why = check(value)
+        if why:
+            problems.append(Problem("more train options", f"{name} {why}", "see `python -m mai_core train --help`"))
+    return problems
 
 
 @dataclass
@@ -77,10 +183,11 @@ class TrainSpec:
             problems.append(Problem("epochs", f"{self.epochs} < 1", "train for at least one epoch"))
         if self.batch_size is not None and int(self.batch_size) < 1:
             problems.append(Problem("batch size", f"{self.batch_size} < 1", "use a batch size of 1 or more"))
-        reserved = [a for a in self.extra if a.split("=", 1)[0] in ("--data", "--out", "--device", "--resume")]
-        if reserved:
-            problems.append(Problem("extra options", f"{', '.join(reserved)} cannot be given here",
-                                    "use the dataset, run name and device fields instead"))
+        for flag, value in (("--model", self.model), ("--backbone", self.backbone), ("--aug-policy", self.aug_policy)):
+            why = EXTRA_TRAIN_OPTIONS[flag](str(value)) if value not in (None, "") else None
+            if why:
+                problems.append(Problem(flag.lstrip("-"), f"{flag} {why}", "pick a value from the form's list"))
+        problems += check_extra_options(self.extra)
         if not Path(self.data).expanduser().is_dir():
             problems.append(Problem("dataset", f"{self.data} is not a folder", "choose an existing dataset"))
         if self.grouping and not Path(self.grouping).expanduser().is_file():
@@ -106,6 +213,22 @@ def train_command(args: list[str]) -> list[str]:
 def _default_name(spec: TrainSpec) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", (spec.backbone or "run"))[:40].strip("-") or "run"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _name_reusable(name: str, runs_root: Path) -> bool:
+    """A run name is free, or names an ended job whose run never got past its start (nothing to lose)."""
+    from mai_core.runs.rundir import has_progress, holds_run
+
+    if record_path(name).exists():
+        try:
+            if job_info(name).is_active:
+                return False
+        except MaiError:
+            return False
+    run = runs_root / name
+    if not run.exists():
+        return True
+    return run.is_dir() and holds_run(run) and not has_progress(run)
 
 
 def _unique_name(base: str, runs_root: Path) -> str:
@@ -137,6 +260,9 @@ class JobInfo:
     queue_position: int | None = None
     resumable: bool = False
     command: list[str] = field(default_factory=list)
+    phase: str | None = None  # work after the epochs (e.g. the final validation), with its counts
+    phase_done: int | None = None
+    phase_total: int | None = None
 
     @property
     def is_active(self) -> bool:
@@ -164,7 +290,7 @@ def submit(spec: TrainSpec, runs_root: str | os.PathLike | None = None, *, comma
     root.mkdir(parents=True, exist_ok=True)
     with records_lock():
         if spec.name:
-            if record_path(spec.name).exists() or (root / spec.name).exists():
+            if not _name_reusable(spec.name, root):
                 raise MaiError(f"a run named '{spec.name}' already exists",
                                [Problem(str(root / spec.name), "name taken", "choose another run name, "
                                         "or resume that run from the job list")])
@@ -193,7 +319,7 @@ def job_info(job_id_or_record) -> JobInfo:
     info = JobInfo(id=rec["id"], run_dir=run.path, device=rec.get("device", "cpu"), state="queued",
                    queued_at=rec.get("queued_at"), started=rec.get("started"), pid=rec.get("pid"),
                    command=list(rec.get("argv") or []))
-    for key in ("epoch", "epochs", "eta_s", "best_val_gene_pcc", "updated"):
+    for key in ("epoch", "epochs", "eta_s", "best_val_gene_pcc", "updated", "phase", "phase_done", "phase_total"):
         if status.get(key) is not None:
             setattr(info, key, status[key])
     info.progress = float(status.get("progress") or 0.0)

@@ -1,15 +1,53 @@
-"""Prediction with a trained run or ensemble: ``load_predictor(path).predict_images(uint8 N×H×W×3)``."""
+"""Prediction with a trained run or ensemble: ``load_predictor(path).predict_images(uint8 N×H×W×3)``.
+
+The fast path (``bench/predict_throughput.py``): the model runs in channels_last where that is faster
+(convolutional networks, CPU and CUDA), the CPU allocator keeps activation memory between batches and the
+thread count fits the cores this process may use (:mod:`mai_core.models.fastpath`); each dihedral view is
+cut from the uint8 batch into one reused float buffer, outputs are summed into one reused accumulator, and
+image files are decoded in a background thread while the model runs. Every predict call takes an
+``on_progress(done, total)`` callback and a ``should_stop`` hook (a callable or a ``threading.Event``); a
+stop request ends the call within one model forward with :class:`PredictionCancelled`.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from mai_core.errors import MaiError, Problem
-from mai_core.models.tta import dihedral_views, tta_views as views_for
+from mai_core.models.fastpath import prefers_channels_last, prefetched, tune_cpu
+from mai_core.models.tta import dihedral_view, parse_views, tta_views as views_for
 from mai_core.runs.rundir import RunDir, read_config
+
+
+class PredictionCancelled(MaiError):
+    """A prediction ended early because its ``should_stop`` hook asked; ``done`` of ``total`` images were
+    predicted."""
+
+    def __init__(self, done: int, total: int | None):
+        of = f" of {total}" if total is not None else ""
+        super().__init__(f"prediction cancelled after {done}{of} images", hint="start it again to predict them all")
+        self.done, self.total = int(done), total
+
+
+def _stop_requested(should_stop) -> bool:
+    if should_stop is None:
+        return False
+    is_set = getattr(should_stop, "is_set", None)
+    return bool(is_set() if callable(is_set) else should_stop())
+
+
+def _views(tta, default: int) -> int:
+    if tta is None:
+        return default
+    try:
+        return parse_views(tta)
+    except ValueError as exc:
+        raise MaiError(f"invalid test-time augmentation setting {tta!r}",
+                       [Problem("tta", str(exc), "use 1 (off) to 8 views")]) from None
 
 
 class Predictor:
@@ -17,11 +55,15 @@ class Predictor:
 
     ``genes`` (output column order), ``config`` (the run's config.yaml), ``model`` (torch module:
     float B×3×H×W in [0, 1] or uint8 → original-unit expression B×G; ``model.backbone`` is the first
-    backbone, for Grad-CAM), ``device``, ``tta`` (number of dihedral views averaged, 1 = off).
+    backbone, for Grad-CAM), ``device``, ``tta_views`` (number of dihedral views averaged, 1 = off),
+    ``channels_last`` (memory layout the model runs in; None = the faster one for the model and device),
+    ``threads`` (CPU threads; None = torch's count, capped at the cores this process may use).
     """
 
     def __init__(self, model, genes: list[str], config: dict, device, tta_views: int = 1, batch_size: int = 64,
-                 path: Path | None = None):
+                 path: Path | None = None, channels_last: bool | None = None, threads: int | None = None):
+        import torch
+
         self.model = model.eval()
         self.genes = list(genes)
         self.config = config
@@ -29,13 +71,25 @@ class Predictor:
         self.tta_views = int(tta_views)
         self.batch_size = int(batch_size)
         self.path = path
+        if device.type == "cpu":
+            tune_cpu(threads)
+        self.channels_last = prefers_channels_last(self.model, device) if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     def __repr__(self) -> str:
-        return f"Predictor({self.path}, {len(self.genes)} genes, tta={self.tta_views}, device={self.device})"
+        return (f"Predictor({self.path}, {len(self.genes)} genes, tta={self.tta_views}, device={self.device}, "
+                f"channels_last={self.channels_last})")
 
-    def predict_images(self, images, batch_size: int | None = None, tta: bool | int | None = None,
-                       progress: bool = False) -> np.ndarray:
-        """Expression (float32 N×G, original units) for uint8 N×H×W×3 images (or one H×W×3 image)."""
+    def predict_images(self, images, batch_size: int | None = None, tta: bool | int | str | None = None,
+                       progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+                       should_stop=None) -> np.ndarray:
+        """Expression (float32 N×G, original units) for uint8 N×H×W×3 images (or one H×W×3 image).
+
+        ``tta``: None = the run's setting, True/False, or a number of views 1..8. ``on_progress(done, total)``
+        is called after every batch; ``should_stop`` (callable or Event) is checked before every forward and
+        raises :class:`PredictionCancelled` when set.
+        """
         import torch
 
         arr = np.asarray(images)
@@ -44,37 +98,122 @@ class Predictor:
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise MaiError(f"images must be N×H×W×3, got shape {arr.shape}",
                            [Problem("images", "wrong layout", "stack RGB patches as N×H×W×3 uint8")])
-        views = self.tta_views if tta is None else views_for({"predict": {"tta": tta}})
-        bs = int(batch_size or self.batch_size)
-        out = np.empty((len(arr), len(self.genes)), dtype=np.float32)
-        amp = self.device.type == "cuda"
+        views = _views(tta, self.tta_views)
+        bs = max(1, int(batch_size or self.batch_size))
+        n = len(arr)
+        out = np.empty((n, len(self.genes)), dtype=np.float32)
         from tqdm.auto import tqdm
 
-        with torch.inference_mode():
-            for s in tqdm(range(0, len(arr), bs), disable=not progress, desc="predicting", unit="batch",
-                          file=sys.stderr):
-                x = torch.from_numpy(np.ascontiguousarray(arr[s:s + bs])).to(self.device).permute(0, 3, 1, 2)
-                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-                acc = None
-                for v in dihedral_views(x, views):
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                        y = self.model(v.contiguous()).float()
-                    acc = y if acc is None else acc + y
-                out[s:s + len(x)] = (acc / views).cpu().numpy()
+        bar = tqdm(total=n, disable=not progress, desc="predicting", unit="img", file=sys.stderr)
+        try:
+            with torch.inference_mode():
+                work = _Buffers(self, min(bs, max(n, 1)))
+                for s in range(0, n, bs):
+                    out[s:s + bs] = self._batch(arr[s:s + bs], views, work, should_stop, s, n)
+                    bar.update(min(bs, n - s))
+                    if on_progress is not None:
+                        on_progress(min(s + bs, n), n)
+        finally:
+            bar.close()
         return out
 
-    def predict_paths(self, paths, batch_size: int = 256, progress: bool = False, tta=None) -> np.ndarray:
-        """Expression for image files, loaded in chunks (memory stays bounded)."""
+    def _batch(self, chunk: np.ndarray, views: int, work: "_Buffers", should_stop, done: int, total: int):
+        import torch
+
+        b = len(chunk)
+        u8 = chunk.dtype == np.uint8
+        src = torch.from_numpy(np.ascontiguousarray(chunk if u8 else chunk.astype(np.float32, copy=False)))
+        src = src.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # channels_last strides, no copy
+        acc = work.acc[:b]
+        amp = self.device.type == "cuda"
+        for v in range(views):
+            if _stop_requested(should_stop):
+                raise PredictionCancelled(done, total)
+            view = dihedral_view(src, v)
+            x = work.x(b, view.shape[-2], view.shape[-1])
+            x.copy_(view)
+            if u8:
+                x.div_(255.0)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                y = self.model(x).float()
+            if v == 0:
+                acc.copy_(y)
+            else:
+                acc.add_(y)
+        return torch.div(acc, views).cpu().numpy()
+
+    def predict_paths(self, paths, batch_size: int | None = None, progress: bool = False, tta=None,
+                      on_progress: Callable[[int, int], None] | None = None, should_stop=None) -> np.ndarray:
+        """Expression for image files, decoded ``batch_size`` at a time (default: two model batches) in a
+        background thread while the model predicts the previous chunk (memory stays bounded)."""
         from mai_core.data.images import load_images
 
         paths = list(paths)
-        out = np.empty((len(paths), len(self.genes)), dtype=np.float32)
+        n = len(paths)
+        chunk = max(1, int(batch_size or 2 * self.batch_size))
+        out = np.empty((n, len(self.genes)), dtype=np.float32)
+        starts = range(0, n, chunk)
         from tqdm.auto import tqdm
 
-        for s in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="predicting", unit="chunk",
-                      file=sys.stderr):
-            out[s:s + batch_size] = self.predict_images(load_images(paths[s:s + batch_size]), tta=tta)
+        bar = tqdm(total=n, disable=not progress, desc="predicting", unit="img", file=sys.stderr)
+        decoded = prefetched(lambda i: load_images(paths[i:i + chunk]), starts)
+        try:
+            for s, imgs in zip(starts, decoded):
+                def report(done, _total, s=s):
+                    bar.update(s + done - bar.n)
+                    if on_progress is not None:
+                        on_progress(s + done, n)
+
+                try:
+                    out[s:s + len(imgs)] = self.predict_images(imgs, tta=tta, on_progress=report,
+                                                               should_stop=should_stop)
+                except PredictionCancelled as exc:
+                    raise PredictionCancelled(s + exc.done, n) from None
+        finally:
+            decoded.close()
+            bar.close()
         return out
+
+    def predict_stream(self, chunks: Iterable, tta=None, on_progress: Callable[[int, int | None], None] | None = None,
+                       should_stop=None, total: int | None = None) -> Iterator[np.ndarray]:
+        """Predictions for a stream of uint8 N×H×W×3 chunks (e.g. slide tiles), one float32 array per chunk;
+        the next chunk is produced in a background thread while the model runs on this one.
+        ``on_progress(done, total)`` counts images (``total`` as given, None when unknown)."""
+        done = 0
+        produced = prefetched(np.asarray, chunks)
+        try:
+            for imgs in produced:
+                try:
+                    pred = self.predict_images(imgs, tta=tta, should_stop=should_stop)
+                except PredictionCancelled as exc:
+                    raise PredictionCancelled(done + exc.done, total) from None
+                done += len(pred)
+                if on_progress is not None:
+                    on_progress(done, total)
+                yield pred
+        finally:
+            produced.close()
+
+
+class _Buffers:
+    """Float input buffers (in the model's layout, one per view shape) and the output accumulator, reused
+    across batches."""
+
+    def __init__(self, predictor: Predictor, rows: int):
+        import torch
+
+        self.rows, self.device = rows, predictor.device
+        self.fmt = torch.channels_last if predictor.channels_last else torch.contiguous_format
+        self._x: dict = {}
+        self.acc = torch.empty((rows, len(predictor.genes)), dtype=torch.float32, device=self.device)
+
+    def x(self, b: int, h: int, w: int):
+        import torch
+
+        if (h, w) not in self._x:
+            self._x[(h, w)] = torch.empty((self.rows, 3, h, w), dtype=torch.float32, device=self.device,
+                                          memory_format=self.fmt)
+        return self._x[(h, w)][:b]
 
 
 def _groups_for(run: RunDir, genes: list[str]) -> list[list[int]]:
@@ -128,8 +267,10 @@ def build_run_model(run: RunDir, cfg: dict, genes: list[str]):
     return model.eval()
 
 
-def load_predictor(path, device: str = "auto") -> Predictor:
-    """Predictor for a run or ensemble directory (see :func:`mai_core.runs.load_predictor`)."""
+def load_predictor(path, device: str = "auto", channels_last: bool | None = None,
+                   threads: int | None = None) -> Predictor:
+    """Predictor for a run or ensemble directory (see :func:`mai_core.runs.load_predictor`); ``channels_last``
+    and ``threads`` as in :class:`Predictor` (None: the measured-faster layout, the usable cores)."""
 
     from mai_core.device import resolve_device
     from mai_core.models.model import MeanEnsemble, OriginalUnits
@@ -159,11 +300,16 @@ def load_predictor(path, device: str = "auto") -> Predictor:
         genes = run.read_genes()
         model = OriginalUnits(build_run_model(run, cfg, genes)).to(dev).eval()
     return Predictor(model, genes, cfg, dev, tta_views=views_for(cfg),
-                     batch_size=int((cfg.get("predict") or {}).get("batch_size", 64)), path=run.path)
+                     batch_size=int((cfg.get("predict") or {}).get("batch_size", 64)), path=run.path,
+                     channels_last=channels_last, threads=threads)
 
 
-def predict_csv(run_path, csv_path, out_path, device: str = "auto", progress: bool = True, tta=None):
-    """Predict every row of an ID,path CSV; write ID + one column per gene atomically. Returns the frame."""
+def predict_csv(run_path, csv_path, out_path, device: str = "auto", progress: bool = True, tta=None,
+                on_progress: Callable[[int, int], None] | None = None, should_stop=None):
+    """Predict every row of an ID,path CSV; write ID + one column per gene atomically. Returns the frame.
+
+    ``tta``: None = the run's setting, or 1 (off) .. 8 views; ``on_progress``/``should_stop`` as in
+    :meth:`Predictor.predict_images` (a cancelled prediction writes nothing)."""
     import pandas as pd
 
     from mai_core.data.dataset import read_id_path_csv
@@ -171,7 +317,7 @@ def predict_csv(run_path, csv_path, out_path, device: str = "auto", progress: bo
 
     df, paths = read_id_path_csv(csv_path)
     pred = load_predictor(run_path, device=device)
-    values = pred.predict_paths(paths, progress=progress, tta=tta)
+    values = pred.predict_paths(paths, progress=progress, tta=tta, on_progress=on_progress, should_stop=should_stop)
     out = pd.concat([df[["ID"]].reset_index(drop=True), pd.DataFrame(values, columns=pred.genes)], axis=1)
     write_csv(out_path, out, float_format="%.6g")
     return out
@@ -212,8 +358,10 @@ def labelled_split(data, split: str):
 
 
 def evaluate_run(run_path, data=None, split: str = "test", device: str = "auto", progress: bool = True,
-                 tta=None) -> dict:
-    """Metrics dict (mai_core.metrics.evaluate_predictions) of a run/ensemble on a labelled split."""
+                 tta=None, on_progress: Callable[[int, int], None] | None = None, should_stop=None) -> dict:
+    """Metrics dict (mai_core.metrics.evaluate_predictions) of a run/ensemble on a labelled split.
+
+    ``tta``: None = the run's setting, or 1 (off) .. 8 views (reported as ``tta_views``)."""
     from mai_core.metrics import evaluate_predictions
 
     run = RunDir(run_path)
@@ -239,8 +387,8 @@ def evaluate_run(run_path, data=None, split: str = "test", device: str = "auto",
                        hint="evaluate on data with the genes the run was trained on")
     col = {g: i for i, g in enumerate(genes)}
     sel = [col[g] for g in pred.genes]
-    p = pred.predict_paths(paths, progress=progress, tta=tta)
+    views = _views(tta, pred.tta_views)
+    p = pred.predict_paths(paths, progress=progress, tta=views, on_progress=on_progress, should_stop=should_stop)
     out = evaluate_predictions(X[:, sel], p, pred.genes, reference_X=ref[:, sel])
-    out.update(split=split, run=str(run.path), data=str(data), tta_views=pred.tta_views if tta is None else
-               (8 if tta else 1))
+    out.update(split=split, run=str(run.path), data=str(data), tta_views=views)
     return out

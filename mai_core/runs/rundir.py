@@ -288,3 +288,37 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
 
     runs.sort(key=_mtime, reverse=True)
     return runs
+
+
+# what a run directory may hold; a folder holding anything else is someone else's
+RUN_ENTRIES = ("config.yaml", "genes.txt", "grouping.csv", "metrics.jsonl", "status.json", "checkpoints",
+               "val_predictions.parquet", "log.txt")
+
+
+def holds_run(path) -> bool:
+    """Whether a folder holds only a training run's files (a run, or an attempt that never got far)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        names = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+        if any(n not in RUN_ENTRIES for n in names):
+            return False
+        if "config.yaml" in names:
+            cfg = yaml.safe_load((path / "config.yaml").read_text())
+            if not isinstance(cfg, dict) or cfg.get("kind") != "run":
+                return False
+        if "status.json" in names and not isinstance(json.loads((path / "status.json").read_text()), dict):
+            return False
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return True
+
+
+def has_progress(run) -> bool:
+    """Whether a run got as far as an epoch (checkpoints or metrics): starting over would lose work."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    try:
+        return (run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir())) or run.metrics_path.exists()
+    except OSError:
+        return False

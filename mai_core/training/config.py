@@ -33,7 +33,10 @@ BASE_CONFIG: dict = {
         "freeze_blocks": None,         # alternative: freeze the first N stages (overrides train_blocks)
     },
     # measured on HER2ST (bench/her2st_accuracy.py): mixing in the covariance term (0.2) beats MSE + Pearson
-    "loss": {"alpha": 0.4, "beta": 0.4, "pearson": "both"},
+    "loss": {"alpha": 0.4, "beta": 0.4, "pearson": "both",
+             # pathway weighting: genes of the GMT's sets (or of the listed ones) weighted up; co-loss on
+             # the gene-gene correlation within each set (mai_core.training.objective)
+             "pathway_gmt": None, "pathway_sets": None, "pathway_weight": 1.0, "coexp_weight": 0.0},
     "optim": {
         "epochs": 8,
         "batch_size": 32,
@@ -53,8 +56,9 @@ BASE_CONFIG: dict = {
     "ridge": {"pca": 256, "alphas": None},
     "runtime": {
         "device": "auto",
-        "amp": "auto",                 # auto (bf16 on CUDA) | bf16 | off
-        "channels_last": "auto",
+        "amp": "auto",                 # auto (bf16 on CUDA; on CPU float32 measured as fast or faster) | bf16 | off
+        "channels_last": "auto",       # auto (on: measured faster on CUDA and CPU) | true | false
+        "threads": None,               # CPU threads: None = torch's count capped at the usable cores
         "compile": False,
         "workers": 2,
         "max_train_minutes": None,
@@ -109,10 +113,19 @@ def read_config_file(path) -> dict:
         raise MaiError(f"config file {path} not found", hint="pass an existing YAML file to --config")
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise MaiError(f"config file {path} is not valid YAML", [Problem(str(path), str(exc), "fix the YAML syntax")]) from None
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        # where, never what: the file may be anything readable, so its text is not repeated
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise MaiError(f"config file {path} is not valid YAML",
+                       [Problem(str(path), f"{getattr(exc, 'problem', None) or 'not YAML text'}{at}",
+                                "fix the YAML syntax")]) from None
     if not isinstance(cfg, dict):
         raise MaiError(f"config file {path} must hold a mapping of settings")
+    if cfg and not set(cfg) & (set(BASE_CONFIG) | {"out"}):
+        raise MaiError(f"config file {path} holds no training settings",
+                       [Problem(str(path), f"none of its {len(cfg)} top-level key(s) is a setting",
+                                "use the layout of a run's config.yaml (model:, optim:, loss:, ...)")])
     return cfg
 
 
@@ -194,11 +207,19 @@ def validate_config(cfg: dict) -> list[Problem]:
     num("frozen.lr", cfg["frozen"]["lr"], 1e-8, 10)
     num("ridge.pca", cfg["ridge"]["pca"], 0, integer=True)
     num("runtime.workers", cfg["runtime"]["workers"], 0, 64, integer=True)
+    num("runtime.threads", cfg["runtime"].get("threads"), 1, 1024, integer=True, allow_none=True)
+    if cfg["runtime"]["channels_last"] not in ("auto", True, False):
+        p.append(Problem("runtime.channels_last", f"{cfg['runtime']['channels_last']!r}", "use auto, true or false"))
     num("runtime.max_train_minutes", cfg["runtime"]["max_train_minutes"], 0, allow_none=True)
     if cfg["runtime"]["amp"] not in ("auto", "bf16", "off"):
         p.append(Problem("runtime.amp", f"{cfg['runtime']['amp']!r}", "use auto, bf16 or off"))
     if cfg["loss"].get("pearson") not in PEARSON_MODES:
         p.append(Problem("loss.pearson", f"{cfg['loss'].get('pearson')!r}", f"use one of {', '.join(PEARSON_MODES)}"))
+    num("loss.pathway_weight", cfg["loss"].get("pathway_weight", 1.0), 0, 100)
+    num("loss.coexp_weight", cfg["loss"].get("coexp_weight", 0.0), 0, 100)
+    gmt = cfg["loss"].get("pathway_gmt")
+    if gmt and not Path(str(gmt)).expanduser().is_file():
+        p.append(Problem("loss.pathway_gmt", f"gene-set file {gmt} not found", "pass an existing GMT file"))
     try:
         validate_weights(cfg["loss"]["alpha"], cfg["loss"]["beta"])
     except MaiError as exc:

@@ -28,9 +28,10 @@ STRATEGIES = {"finetune": finetune.run, "frozen": frozen.run_frozen, "ridge": fr
 class Trainer:
     """Trains one run directory from a resolved config (see :func:`mai_core.training.resolve_config`)."""
 
-    def __init__(self, cfg: dict, out, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: dict, out, resume: bool = False, progress: bool = True, force: bool = False):
         self.cfg = cfg
         self.resume = resume
+        self.force = force
         self.progress = progress
         self.stop = StopFlag()
         self.rec = Recorder(out, is_main=rank_info()[0] == 0)
@@ -41,10 +42,10 @@ class Trainer:
         return self.rec.run
 
     def _setup(self) -> Context:
-        from mai_core.models.losses import ExpressionLoss
+        from mai_core.training.objective import build_loss
 
         cfg, rec = self.cfg, self.rec
-        rec.check_target(self.resume)
+        rec.check_target(self.resume, force=self.force)
         self.rt = rt = Runtime.start(cfg["runtime"])
         rec.is_main = rt.is_main
         rec.begin(planned_epochs(cfg))
@@ -61,9 +62,12 @@ class Trainer:
         rec.log(f"model {spec['kind']}: backbone {spec['backbone']} weights={info.get('source')} "
                 f"({info.get('path') or '-'}), {len(session.groups)} head(s), device {rt.device}"
                 f"{' x' + str(rt.world) if rt.world > 1 else ''}, amp={'bf16' if rt.amp else 'off'}")
-        lc = cfg["loss"]
+        loss_fn, loss_facts = build_loss(cfg, session.genes, session.groups)
+        if loss_facts["weighted_genes"] or loss_facts["coexp_sets"]:
+            rec.log(f"loss: {loss_facts['weighted_genes']} genes of {loss_facts['pathway_sets']} gene sets weighted "
+                    f"x{cfg['loss'].get('pathway_weight')}; co-loss on {loss_facts['coexp_sets']} sets")
         return Context(cfg=cfg, session=session, rt=rt, rec=rec, state=self.state, stop=self.stop,
-                       loss_fn=ExpressionLoss(lc["alpha"], lc["beta"], lc["pearson"], session.groups),
+                       loss_fn=loss_fn,
                        resume=self.resume, progress=self.progress)
 
     def run_training(self) -> RunDir:
@@ -97,7 +101,7 @@ class Trainer:
         s, rec, state, rt = ctx.session, ctx.rec, ctx.state, ctx.rt
         done = int(state.epochs_done or planned_epochs(self.cfg))
         final = {"state": "finished", "progress": 1.0, "eta_s": 0, "epoch": done, "epochs": done,
-                 "best_val_gene_pcc": state.best_pcc, "best_epoch": state.best_epoch}
+                 "best_val_gene_pcc": state.best_pcc, "best_epoch": state.best_epoch, "phase": None}
         if len(s.val_idx):
             rt.barrier()  # the main process has written the checkpoints
             ck = rec.best_or_last_checkpoint()
@@ -106,7 +110,21 @@ class Trainer:
                 load_state(model, ck)
             model = model.to(rt.device)
             views = tta_views(self.cfg)
-            z = s.predict_z(model, s.val_idx, views)
+            phase = f"final validation ({views} view{'s' if views > 1 else ''} per patch)"
+            rec.status(force=True, phase=phase, phase_done=0, phase_total=len(s.val_idx), eta_s=None)
+
+            def on_batch(done: int, total: int) -> None:
+                rec.status(phase=phase, phase_done=done * rt.world, phase_total=len(s.val_idx))
+                if self.stop.set and rt.world == 1:
+                    raise StoppedEarly
+
+            try:
+                z = s.predict_z(model, s.val_idx, views, on_batch=on_batch)
+            except StoppedEarly:
+                rec.status(force=True, state="stopped", error=None, eta_s=None, phase=None)
+                rec.log(f"stopped by {self.stop.signal} during the final validation; checkpoints are kept, "
+                        "--resume runs the final validation again")
+                return
             _, pcc = s.val_metrics(z, ctx.loss_fn)
             final["final_val_gene_pcc"] = pcc
             rec.val_predictions([s.ds.ids[i] for i in s.val_idx], s.genes, z * s.y_std + s.y_mean,
@@ -116,9 +134,11 @@ class Trainer:
         rec.log(f"finished in {state.elapsed() / 60:.1f} min -> {self.run.path}")
 
 
-def train(config: dict, out, resume: bool = False, progress: bool = True) -> RunDir:
-    """Train into ``out``; exceptions mark the run failed (message in status, traceback in log.txt)."""
-    trainer = Trainer(config, out, resume=resume, progress=progress)
+def train(config: dict, out, resume: bool = False, progress: bool = True, force: bool = False) -> RunDir:
+    """Train into ``out``; exceptions mark the run failed (message in status, traceback in log.txt).
+
+    ``force`` starts over in a folder that holds a run with progress, or that holds something else."""
+    trainer = Trainer(config, out, resume=resume, progress=progress, force=force)
     try:
         return trainer.run_training()
     except MaiError as exc:

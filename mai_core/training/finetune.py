@@ -3,6 +3,10 @@
 AdamW (one rate for heads, ``lr × backbone_lr_mult`` for the backbone, no decay on norms and biases),
 linear warm-up + cosine decay, gradient clipping, optional EMA, bf16 autocast + channels_last + fused AdamW
 on CUDA, optional ``torch.compile``, DDP under torchrun, and a time budget that shortens the schedule.
+
+One step is :class:`TrainStep` (also what ``bench/gpu_suite.py`` times as "our recipe"): batches are cut from
+the uint8 image cache and augmented on their device (:func:`load_batch`), the parameter list for gradient
+clipping is built once, and the running loss stays on the device until the epoch ends (no per-step sync).
 """
 
 from __future__ import annotations
@@ -40,6 +44,47 @@ def make_optimizer(groups, weight_decay: float, cuda: bool):
     if cuda:
         kw["fused"] = True
     return torch.optim.AdamW(groups, **kw)
+
+
+def load_batch(session, idx, aug, rt):
+    """(images, standardised targets) of dataset rows ``idx`` on the device, augmented when ``aug`` is set."""
+    import torch
+
+    x = session.batch(idx)
+    y = torch.from_numpy(session.Z[idx]).to(rt.device, non_blocking=True)
+    if aug is not None:
+        x, y = aug(x, y)
+    return x, y
+
+
+class TrainStep:
+    """One optimisation step: learning rate, forward (bf16 autocast where the runtime says), loss, backward,
+    gradient clipping, optimizer step, EMA. Returns the detached loss (still on the device)."""
+
+    def __init__(self, train_model, optimizer, loss_fn, rt, clip: float = 0.0, ema=None, ema_model=None):
+        self.model, self.optimizer, self.loss_fn, self.rt = train_model, optimizer, loss_fn, rt
+        self.clip, self.ema, self.ema_model = float(clip), ema, ema_model
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def __call__(self, x, y, lr_mult: float, gstep: int):
+        import torch
+
+        rt = self.rt
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * lr_mult
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            pred = self.model(x)
+        loss = self.loss_fn(pred.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.ema_model, gstep)
+        return loss.detach()
 
 
 def steps_per_epoch(n_train: int, world: int, batch_size: int) -> int:
@@ -103,7 +148,7 @@ def run(ctx: Context) -> None:
         raise StoppedEarly
     max_min = cfg["runtime"].get("max_train_minutes")
     deadline = None if not max_min else ctx.state.t0 + 60.0 * float(max_min) - ctx.state.elapsed_before
-    clip = float(o["grad_clip"])
+    step_fn = TrainStep(train_model, ctx.optimizer, ctx.loss_fn, rt, float(o["grad_clip"]), ctx.ema, ctx.model)
     gstep = start_epoch * spe + skip_steps
     session_steps, session_t0 = 0, time.time()
     out_of_time = False
@@ -128,29 +173,12 @@ def run(ctx: Context) -> None:
             idx = perm[step * bs:(step + 1) * bs]
             if len(idx) < 2:
                 continue
-            x = s.batch(idx)
-            y = torch.from_numpy(s.Z[idx]).to(rt.device, non_blocking=True)
-            if aug is not None:
-                x, y = aug(x, y)
-            if rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr_mult = cosine_lr(gstep, total, warmup, float(o["min_lr_ratio"]))
-            for g in ctx.optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_mult
-            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
-                pred = train_model(x)
-            loss = ctx.loss_fn(pred.float(), y)
-            ctx.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for g in ctx.optimizer.param_groups for p in g["params"]], clip)
-            ctx.optimizer.step()
-            if ctx.ema is not None:
-                ctx.ema.update(ctx.model, gstep)
+            x, y = load_batch(s, idx, aug, rt)
+            loss = step_fn(x, y, cosine_lr(gstep, total, warmup, float(o["min_lr_ratio"])), gstep)
             gstep += 1
             session_steps += 1
             n_img += len(idx) * rt.world
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
             loss_n += 1
             if rec.status_due():
                 rate = (time.time() - session_t0) / session_steps

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from mai_core.errors import MaiError, Problem
-from mai_core.runs.rundir import RunDir, append_metrics, truncate_metrics, write_config, write_status
+from mai_core.runs.rundir import (RUN_ENTRIES, RunDir, append_metrics, has_progress, holds_run, truncate_metrics,
+                                  write_config, write_status)
 
 
 @dataclass
@@ -42,22 +43,66 @@ class Recorder:
         self.is_main = is_main
         self.echo = echo
         self._last_status = 0.0
+        self._began = False  # this attempt has written its running status (failures are recorded from then on)
+        self._resume_blob = None
 
     # -- the target folder -----------------------------------------------------------------------
-    def check_target(self, resume: bool) -> None:
-        """Refuse to start over a folder that already holds a run (or to resume one that has no state)."""
+    def check_target(self, resume: bool, force: bool = False) -> None:
+        """Make sure ``out`` may be trained into, before anything is written.
+
+        A new run needs a new or empty folder, or a run that never got past its start (a failed attempt);
+        a run with checkpoints or metrics needs ``--resume`` (or ``force`` to start over, which removes its
+        run files); any other folder or a file is refused unless ``force`` (mai_core.io.check_replaceable).
+        ``resume`` needs a readable ``last_state.pt``; it is loaded here, so a damaged one is reported
+        before the run's status changes.
+        """
+        import shutil
+
+        from mai_core.io import check_replaceable
+
         r = self.run
         if resume:
-            if not r.last_state.is_file():
-                raise MaiError(f"cannot resume: {r.last_state} not found",
-                               hint="start a new run without --resume (nothing was checkpointed yet)")
+            self._resume_blob = self._read_resume_state()
             return
-        if r.checkpoints_dir.exists() and any(r.checkpoints_dir.iterdir()) or r.metrics_path.exists():
-            raise MaiError(f"{r.path} already holds a training run",
-                           [Problem(str(r.path), "checkpoints/metrics exist", "pass --resume to continue it, "
+        check_replaceable(r.path, holds_run, "training run", force=force)
+        if not r.path.is_dir() or not holds_run(r.path) or not has_progress(r):
+            return
+        if not force:
+            state = r.read_status().get("state", "unknown")
+            raise MaiError(f"{r.path} already holds a training run ({state})",
+                           [Problem(str(r.path), "checkpoints/metrics exist",
+                                    "pass --resume to continue it, --force to start it over, "
                                     "or choose another --out folder")])
+        if self.is_main:  # start over: the run's files go, log.txt keeps the history of every attempt
+            for name in (e for e in RUN_ENTRIES if e != "log.txt"):
+                p = r.path / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+
+    def _read_resume_state(self) -> dict:
+        import torch
+
+        p = self.run.last_state
+        if not p.is_file():
+            raise MaiError(f"cannot resume: {p} not found",
+                           hint="start a new run without --resume (nothing was checkpointed yet)")
+        try:
+            blob = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, not a torch file, foreign pickle... (torch raises many types)
+            raise MaiError(f"cannot resume: {p} is damaged",
+                           [Problem(str(p), f"not a readable training state ({type(exc).__name__})",
+                                    "start the run over with --force (or train into a new --out); the "
+                                    "weights in checkpoints/*.safetensors are unaffected")]) from None
+        missing = [k for k in ("model", "epoch", "torch_rng") if not isinstance(blob, dict) or k not in blob]
+        if missing:
+            raise MaiError(f"cannot resume: {p} is not a training state of this program",
+                           [Problem(str(p), f"lacks {', '.join(missing)}", "start the run over with --force")])
+        return blob
 
     def begin(self, epochs: int) -> None:
+        self._began = True
         if self.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.status(force=True, state="running", pid=os.getpid(), error=None, started=time.time(),
@@ -78,8 +123,18 @@ class Recorder:
         if not self.is_main:
             return
         self.run.log(msg)
-        if self.echo if echo is None else echo:
+        if (self.echo if echo is None else echo) and not self._stdout_is_log():
             print(msg, flush=True)
+
+    def _stdout_is_log(self) -> bool:
+        """True when standard output already goes to log.txt (a background job): print nothing twice."""
+        import sys
+
+        try:
+            out, log = os.fstat(sys.stdout.fileno()), os.stat(self.run.log_path)
+        except (OSError, ValueError, AttributeError):
+            return False
+        return (out.st_dev, out.st_ino) == (log.st_dev, log.st_ino)
 
     def status(self, force: bool = False, **fields) -> None:
         """Merge ``fields`` into status.json; unforced updates at most once a second."""
@@ -131,8 +186,14 @@ class Recorder:
         """Restore model, optimizer, EMA, RNG and progress from last_state.pt; returns the raw blob."""
         import torch
 
-        blob = torch.load(self.run.last_state, map_location="cpu", weights_only=True)
-        raw_model.load_state_dict(blob["model"])
+        blob = self._resume_blob if self._resume_blob is not None else self._read_resume_state()
+        self._resume_blob = None
+        try:
+            raw_model.load_state_dict(blob["model"])
+        except RuntimeError as exc:  # another architecture (the config changed since the checkpoint)
+            raise MaiError(f"cannot resume: {self.run.last_state} belongs to a different model",
+                           [Problem(str(self.run.last_state), str(exc).splitlines()[0],
+                                    "resume with the run's own settings, or start over with --force")]) from None
         if optimizer is not None and blob.get("optimizer"):
             optimizer.load_state_dict(blob["optimizer"])
         if ema is not None and blob.get("ema"):
@@ -174,8 +235,12 @@ class Recorder:
         write_parquet(self.run.val_predictions_path, frame)
 
     def fail(self, message: str, tb: str | None, state: str = "failed") -> None:
-        """Mark the run failed (or stopped) with the message in status.json and the traceback in log.txt."""
-        if not self.is_main:
+        """Mark the run failed (or stopped) with the message in status.json and the traceback in log.txt.
+
+        Only once this attempt has begun: a refusal before that (a foreign --out folder, a damaged
+        checkpoint to resume from, a bad device) leaves the folder exactly as it was.
+        """
+        if not self.is_main or not self._began:
             return
         try:
             if self.run.path.exists():

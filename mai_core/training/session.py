@@ -162,8 +162,10 @@ class Session:
         return x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def predict_z(self, model, idx, tta_views: int = 1) -> np.ndarray:
-        """Standardised predictions for dataset rows ``idx`` (sharded across processes, gathered)."""
+    def predict_z(self, model, idx, tta_views: int = 1, on_batch=None) -> np.ndarray:
+        """Standardised predictions for dataset rows ``idx`` (sharded across processes, gathered).
+
+        ``on_batch(done, total)`` is called after each batch with this process's counts."""
         import torch
 
         rt = self.rt
@@ -183,6 +185,8 @@ class Session:
                         z = model(v).float()
                     acc = z if acc is None else acc + z
                 outs.append((acc / tta_views).cpu().numpy())
+                if on_batch is not None:
+                    on_batch(min(s + bs, len(mine)), len(mine))
         z = np.concatenate(outs) if outs else np.zeros((0, len(self.genes)), np.float32)
         return rt.gather_rows(idx, mine, z)
 
