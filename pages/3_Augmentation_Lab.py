@@ -48,7 +48,21 @@ except MaiError as exc:
 
 st.caption(f"LPIPS column computed with **{sc.lpips_model}** · DINO column computed with **{sc.dino_model}** "
            f"· device `{sc.device}`")
-with st.expander("What LPIPS and DINO distances mean"):
+with st.expander("What the distances mean: appearance, geometry, hue"):
+    st.markdown("Every augmentation is compared with the original patch **moved the same way** (same flip, "
+                "rotation or shift). So the scores say what the augmentation did to the *look* of the tissue, "
+                "not how far it moved it:\n"
+                "- **Appearance distance** (the LPIPS and DINO columns): how different the stain and texture look "
+                "once the movement is undone. A flip or rotation scores exactly 0 here — the tissue is the same "
+                "tissue, just turned. Brightness, colour, blur or mixing with another patch score above 0.\n"
+                "- **Geometry distance**: how far the pixels moved (LPIPS between the original and its moved "
+                "copy). Large for flips and rotations, 0 for colour changes. It is shown for information; "
+                "moving tissue around is harmless for training because tissue has no up or down.\n"
+                "- **Hue rotation** (degrees): how far the colours turn around the colour wheel. Scanners "
+                "differ in brightness and contrast, but haematoxylin stays blue-purple and eosin pink: a hue "
+                "shift or per-channel equalisation produces colours no slide has.\n\n"
+                "The default thresholds keep what changes the tissue's look only a little and keeps its hues. "
+                "The two metrics behind the appearance columns:\n\n")
     st.markdown("- **LPIPS** (learned perceptual image patch similarity): how different two images look in the "
                 "feature maps of an image network, layer by layer — texture, edges and colour. 0 = identical; "
                 "small values are changes a person barely notices.\n"
@@ -139,15 +153,31 @@ st.caption(f"{summary['n'].iat[0]} images × {k_req} versions · LPIPS: **{repor
 
 lp_top, lp_step, lp_dec = ui.slider_range(max(float(summary["lpips_mean"].max()), 1e-3))
 dn_top, dn_step, dn_dec = ui.slider_range(max(float(summary["dino_mean"].max()), 1e-3))
-t1, t2 = st.columns(2)
-max_lpips = t1.slider(f"Max LPIPS ({report.lpips_model})", 0.0, lp_top, lp_top, step=lp_step,
+defaults = A.default_thresholds(report.lpips_model, report.dino_model)
+hue_top, hue_step, hue_dec = ui.slider_range(max(float(summary["hue_mean"].max()), defaults["max_hue"], 1.0))
+lp_top = max(lp_top, defaults["max_lpips"] or 0.0)
+dn_top = max(dn_top, defaults["max_dino"] or 0.0)
+
+
+def start(default, top):
+    return float(default) if default is not None else top
+
+
+t1, t2, t3 = st.columns(3)
+max_lpips = t1.slider(f"Max LPIPS ({report.lpips_model})", 0.0, lp_top, start(defaults["max_lpips"], lp_top), step=lp_step,
                       format=f"%.{lp_dec}f", key="max_lpips",
                       help="augmentations whose mean LPIPS is at most this are kept; the range reaches the "
                            "largest mean, so at the top every scored augmentation that changes the image is kept")
-max_dino = t2.slider(f"Max DINO ({report.dino_model})", 0.0, dn_top, dn_top, step=dn_step,
+max_dino = t2.slider(f"Max DINO ({report.dino_model})", 0.0, dn_top, start(defaults["max_dino"], dn_top), step=dn_step,
                      format=f"%.{dn_dec}f", key="max_dino",
                      help="augmentations whose mean DINO distance is at most this are kept")
-kept = A.kept_mask(summary, max_lpips, max_dino).to_numpy()
+max_hue = t3.slider("Max hue rotation (degrees)", 0.0, hue_top, start(defaults["max_hue"], hue_top), step=hue_step,
+                    format=f"%.{hue_dec}f", key="max_hue",
+                    help="augmentations whose mean hue rotation is at most this are kept")
+st.caption("Sliders start at the default thresholds"
+           + ("" if defaults["max_lpips"] is not None else " (none for these metrics: they start at the maximum)")
+           + " · " + ", ".join(f"{k.replace('max_', '')} ≤ {v:g}" for k, v in defaults.items() if v is not None))
+kept = A.kept_mask(summary, max_lpips, max_dino, max_hue).to_numpy()
 status = pd.Series(kept, index=summary["aug"]).map({True: "kept", False: "rejected"})
 table = summary.assign(kept=kept)
 
@@ -184,17 +214,21 @@ bar.update_layout(title="Mean distances per augmentation (± std over images and
                   xaxis_title=f"mean LPIPS ({report.lpips_model})", yaxis_title=f"mean DINO ({report.dino_model})")
 ui.tidy(bar, legend="below")
 st.plotly_chart(bar, key="means", config=ui.PLOT_CONFIG)
-st.caption("Dashed lines: the thresholds. Kept = at or under both lines (and not a no-op).")
+st.caption("Dashed lines: the thresholds. Kept = at or under both lines, hue rotation within its threshold "
+           "(and not a no-op).")
 
 kept_names = [a for a, keep in zip(summary["aug"], kept) if keep]
 st.markdown(f"**Kept ({len(kept_names)})**: {', '.join(kept_names) or '—'}")
-st.dataframe(table[["aug", "lpips_mean", "lpips_std", "dino_mean", "dino_std", "kept", "params"]],
+st.dataframe(table[["aug", "lpips_mean", "lpips_std", "dino_mean", "dino_std", "geometry_mean", "hue_mean", "kept",
+                    "params"]],
              hide_index=True, key="kept_table", width="stretch",
              column_config={"aug": st.column_config.TextColumn("augmentation"),
                             "lpips_mean": st.column_config.NumberColumn("mean LPIPS", format="%.4f"),
                             "lpips_std": st.column_config.NumberColumn("LPIPS std", format="%.4f"),
                             "dino_mean": st.column_config.NumberColumn("mean DINO", format="%.4f"),
                             "dino_std": st.column_config.NumberColumn("DINO std", format="%.4f"),
+                            "geometry_mean": st.column_config.NumberColumn("mean geometry", format="%.4f"),
+                            "hue_mean": st.column_config.NumberColumn("mean hue rotation (°)", format="%.2f"),
                             "params": st.column_config.TextColumn("parameters", width="large")})
 
 # ---------------------------------------------------------------------------------------- save
@@ -205,7 +239,7 @@ clicked = s2.button("Save policy", key="save_policy")
 
 
 def _save_policy(overwrite: bool):
-    pol = A.select_policy(table, max_lpips, max_dino, name)
+    pol = A.select_policy(table, max_lpips, max_dino, name, max_hue)
     path = A.save_policy(pol)
     from mai_core.app.training import policy_choices
 

@@ -368,7 +368,7 @@ def test_cli_writes_scores_csv_and_saves_policy(demo_dir, workspace, tmp_path, n
 
 @pytest.mark.parametrize("args, message", [
     (["--augs", "Sharpen"], "unknown augmentation"),
-    (["--save-policy", "p1"], "no threshold"),
+    (["--save-policy", "bad name!"], "invalid policy name"),
     (["--save-policy", "none", "--max-dino", "0.1"], "built-in"),
 ])
 def test_cli_bad_arguments_exit_2_with_a_message(demo_dir, workspace, tmp_path, capsys, args, message):

@@ -24,6 +24,21 @@ def _kept_table(at):
     raise AssertionError("no kept/rejected table on the page")
 
 
+def _wait_for_scores(at, timeout=120.0):
+    """Scoring runs in the background with a progress bar: wait for it, then redraw the page."""
+    import time
+
+    from mai_core.app import tasks
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = [t for k, t in list(tasks._TASKS.items()) if k.startswith("augscore:") and t.running]
+        if not running:
+            break
+        time.sleep(0.2)
+    at.run()
+
+
 def test_thresholds_mark_kept_live_without_rescoring_and_policy_saves(demo_dir, workspace, tmp_path, monkeypatch):
     import streamlit as st
 
@@ -47,18 +62,30 @@ def test_thresholds_mark_kept_live_without_rescoring_and_policy_saves(demo_dir, 
     # preview grid with numbers, metric labels and the fallback warning
     assert len(at.multiselect(key="aug_images").value) == 2
     assert any("lpips-style/efficientnet_lite0" in c.value for c in at.caption)
-    assert any("Substitute metric" in w.value for w in at.warning)
+    assert any("Stand-in metric" in w.value for w in at.warning)
 
     at.number_input(key="score_n").set_value(3)
     at.number_input(key="score_k").set_value(1)
     at.multiselect(key="score_augs").set_value(["Identity", "HorizontalFlip", "HEDJitter", "GaussianBlur"])
     at.button(key="score_submit").click()
     at.run()
+    _wait_for_scores(at)
     assert not at.exception, at.exception
     assert len(calls) == 1
     before = _kept_table(at)
     assert list(before["aug"]) == ["Identity", "HorizontalFlip", "HEDJitter", "GaussianBlur"]
-    assert before["kept"].sum() == 3  # all but Identity at the default (maximal) thresholds
+    # the sliders start at the default thresholds for the metric in use
+    limits = A.default_thresholds(A.LPIPS_FALLBACK, A.DINO_FALLBACK)
+    assert at.slider(key="max_lpips").value == pytest.approx(limits["max_lpips"])
+    assert at.slider(key="max_hue").value == pytest.approx(limits["max_hue"])
+    assert list(before["kept"]) == list(A.kept_mask(before, **limits))
+    # at the sliders' maxima everything but Identity is kept
+    for key in ("max_lpips", "max_dino", "max_hue"):
+        at.slider(key=key).set_value(at.slider(key=key).max)
+    at.run()
+    assert not at.exception, at.exception
+    before = _kept_table(at)
+    assert before["kept"].sum() == 3
 
     # lower the LPIPS threshold just below the second-smallest non-zero mean: the kept set shrinks
     scored = before.set_index("aug")["lpips_mean"].drop("Identity").sort_values()

@@ -14,6 +14,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "policy": ("BUILTIN_POLICIES", "DEFAULT_POLICY", "Policy", "PolicyItem", "kept_mask", "list_policies",
                "load_policy", "policy_from_dict", "policy_table", "save_policy", "select_policy"),
     "batch": ("BatchAugment", "build_batch_augment"),
+    "aligned": ("DEFAULT_MAX_HUE", "DEFAULT_THRESHOLDS", "default_thresholds", "hue_rotation"),
     "scoring": ("DINO_FALLBACK", "DINO_REAL", "LPIPS_FALLBACK", "LPIPS_REAL", "PerceptualScorer", "ScoreReport",
                 "alexnet_weights_path", "augment_images", "dino_weights_path", "preview_pairs", "sample_indices",
                 "score_augmentations", "score_dataset"),

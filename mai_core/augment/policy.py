@@ -233,19 +233,23 @@ def list_policies(search_dirs=None, data_dir=None) -> list[str]:
     return [r["name"] for r in policy_table(search_dirs, data_dir)]
 
 
-def kept_mask(scores, max_lpips: float | None = None, max_dino: float | None = None):
-    """Boolean Series: augmentations a policy would keep -- mean LPIPS and DINO distances within the
-    thresholds (None does not constrain); Identity is never kept (it does nothing).
+def kept_mask(scores, max_lpips: float | None = None, max_dino: float | None = None, max_hue: float | None = None):
+    """Boolean Series: augmentations a policy would keep -- mean LPIPS and DINO distances and mean hue rotation
+    (degrees, column ``hue_mean`` when present) within the thresholds (None does not constrain); Identity is
+    never kept (it does nothing).
     ``scores`` is a summary table from score_augmentations / augment-score."""
     keep = scores["aug"].notna() & (scores["aug"] != "Identity")
     if max_lpips is not None:
         keep &= scores["lpips_mean"] <= max_lpips
     if max_dino is not None:
         keep &= scores["dino_mean"] <= max_dino
+    if max_hue is not None and "hue_mean" in scores.columns:
+        keep &= scores["hue_mean"] <= max_hue
     return keep
 
 
-def select_policy(scores_df, max_lpips: float | None, max_dino: float | None, name: str) -> Policy:
+def select_policy(scores_df, max_lpips: float | None, max_dino: float | None, name: str,
+                  max_hue: float | None = None) -> Policy:
     """A policy of the scored augmentations within the thresholds, each with the parameters it was
     scored with and its default probability. Identity is never included (it does nothing)."""
     from mai_core.augment.ops import AUGMENTATIONS
@@ -254,7 +258,7 @@ def select_policy(scores_df, max_lpips: float | None, max_dino: float | None, na
     if missing:
         raise MaiError("scores table lacks columns " + ", ".join(missing),
                        [Problem("scores", f"missing columns {missing}", "pass the table written by augment-score")])
-    keep = kept_mask(scores_df, max_lpips, max_dino)
+    keep = kept_mask(scores_df, max_lpips, max_dino, max_hue)
     items = []
     for _, row in scores_df[keep].iterrows():
         spec = AUGMENTATIONS.get(row["aug"])
@@ -272,5 +276,7 @@ def select_policy(scores_df, max_lpips: float | None, max_dino: float | None, na
         limits.append(f"LPIPS <= {max_lpips:g}")
     if max_dino is not None:
         limits.append(f"DINO <= {max_dino:g}")
-    desc = "Augmentations with mean perceptual distance " + (" and ".join(limits) or "(no limit)")
+    if max_hue is not None:
+        limits.append(f"hue rotation <= {max_hue:g} degrees")
+    desc = "Augmentations with mean " + (" and ".join(limits) or "distances unconstrained")
     return Policy(name, items, desc).validate()

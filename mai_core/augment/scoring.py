@@ -19,7 +19,8 @@ have distance exactly 0.
 Scoring an augmentation is geometry-aligned (:mod:`mai_core.augment.aligned`): the ``lpips`` and ``dino``
 columns compare the augmented patch with the original moved by the same geometric transform (what the
 augmentation does to stain and appearance; DINO on the global embeddings), the ``geometry`` column the
-original with its moved self (LPIPS; how far the pixels moved).
+original with its moved self (LPIPS; how far the pixels moved), the ``hue`` column how far the colours turn
+around the colour wheel (degrees, model-free).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mai_core.augment.aligned import aligned_apply, aligned_distances, aligned_images
+from mai_core.augment.aligned import aligned_apply, aligned_distances, aligned_images, hue_rotation
 from mai_core.augment.ops import AUGMENTATIONS, as_float_batch, get_spec, parse_aug_names
 from mai_core.device import resolve_device
 from mai_core.errors import MaiError, Problem
@@ -346,7 +347,7 @@ class ScoreReport:
     """Result of :func:`score_augmentations`.
 
     ``summary``: one row per augmentation -- aug, lpips_mean, lpips_std, dino_mean, dino_std (appearance,
-    geometry-aligned), geometry_mean, geometry_std, lpips_model, dino_model, n, k, params (JSON of the
+    geometry-aligned), geometry_mean, geometry_std, hue_mean, hue_std (degrees), lpips_model, dino_model, n, k, params (JSON of the
     parameters scored). ``pairs``: one row per (aug, image, rep).
     """
 
@@ -425,8 +426,9 @@ def score_augmentations(images, augs=None, k: int = 4, seed: int = 0, scorer: Pe
             for r in range(k):
                 xa, moved, _ = aligned_apply([(a, resolved[a], 1.0)], chunk, gens[a])
                 lp, dn, geo = aligned_distances(scorer, chunk, f_orig, xa, moved)
+                hue = hue_rotation(xa, moved).cpu().numpy()
                 for j in range(len(chunk)):
-                    rows.append((a, ids[s + j], r, float(lp[j]), float(dn[j]), float(geo[j])))
+                    rows.append((a, ids[s + j], r, float(lp[j]), float(dn[j]), float(geo[j]), float(hue[j])))
                 done += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
@@ -434,7 +436,7 @@ def score_augmentations(images, augs=None, k: int = 4, seed: int = 0, scorer: Pe
                     report(done, total)
     if bar is not None:
         bar.close()
-    pairs = pd.DataFrame(rows, columns=["aug", "image", "rep", "lpips", "dino", "geometry"])
+    pairs = pd.DataFrame(rows, columns=["aug", "image", "rep", "lpips", "dino", "geometry", "hue"])
     g = pairs.groupby("aug", sort=False)
     summary = pd.DataFrame({
         "aug": names,
@@ -444,6 +446,8 @@ def score_augmentations(images, augs=None, k: int = 4, seed: int = 0, scorer: Pe
         "dino_std": g["dino"].std(ddof=0).reindex(names).to_numpy(),
         "geometry_mean": g["geometry"].mean().reindex(names).to_numpy(),
         "geometry_std": g["geometry"].std(ddof=0).reindex(names).to_numpy(),
+        "hue_mean": g["hue"].mean().reindex(names).to_numpy(),
+        "hue_std": g["hue"].std(ddof=0).reindex(names).to_numpy(),
         "lpips_model": scorer.lpips_model,
         "dino_model": scorer.dino_model,
         "n": n,
@@ -478,7 +482,7 @@ def preview_pairs(images, augs, seed: int = 0, scorer: PerceptualScorer | None =
                   params: dict | None = None) -> dict[str, dict]:
     """For display: each augmentation applied once (p = 1) to uint8 images, with the geometry-aligned distances
     of the shown (uint8) augmented images. Returns ``{aug: {"images": uint8 N x H x W x 3, "lpips": (N,),
-    "dino": (N,), "geometry": (N,)}}``."""
+    "dino": (N,), "geometry": (N,), "hue": (N,) degrees}}``."""
     names = parse_aug_names(augs)
     resolved = resolve_params(names, params)
     scorer = scorer or PerceptualScorer()
@@ -488,5 +492,6 @@ def preview_pairs(images, augs, seed: int = 0, scorer: PerceptualScorer | None =
         shown, moved = augment_pair(images, a, seed=seed, params=resolved[a], device=scorer.device)
         d = scorer.distances(moved, shown)
         geo = scorer.distances(images, moved)["lpips"]
-        out[a] = {"images": shown, "lpips": d["lpips"], "dino": d["dino"], "geometry": geo}
+        hue = hue_rotation(scorer.to_batch(shown), scorer.to_batch(moved)).cpu().numpy().astype(np.float64)
+        out[a] = {"images": shown, "lpips": d["lpips"], "dino": d["dino"], "geometry": geo, "hue": hue}
     return out

@@ -31,15 +31,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dino-weights", default=None, help="ViT-S/16 DINO weights file (default: Hugging Face cache)")
     p.add_argument("--save-policy", metavar="NAME", default=None,
                    help="write a policy of the augmentations whose mean distances are within the thresholds")
-    p.add_argument("--max-lpips", type=non_negative_float, default=None, help="LPIPS threshold for --save-policy")
-    p.add_argument("--max-dino", type=non_negative_float, default=None, help="DINO threshold for --save-policy")
+    p.add_argument("--max-lpips", type=non_negative_float, default=None,
+                   help="appearance LPIPS threshold for --save-policy (default: the metric's default, if it has one)")
+    p.add_argument("--max-dino", type=non_negative_float, default=None,
+                   help="appearance DINO threshold for --save-policy (default: the metric's default, if it has one)")
+    p.add_argument("--max-hue", type=non_negative_float, default=None,
+                   help="hue rotation threshold in degrees for --save-policy (default 3)")
     p.add_argument("--policy-dir", default=None, help="folder for the policy (default: workspace policies/)")
 
 
 def run(args) -> int:
     from mai_core.errors import MaiError, Problem
 
-    if args.save_policy is None and (args.max_lpips is not None or args.max_dino is not None):
+    given = [v for v in (args.max_lpips, args.max_dino, args.max_hue) if v is not None]
+    if args.save_policy is None and given:
         print("note: thresholds given without --save-policy: the CSV gets a 'kept' column, no policy is saved",
               file=sys.stderr)
     if args.save_policy is not None:
@@ -51,9 +56,6 @@ def run(args) -> int:
                                     "use letters, digits, '_', '-' or '.'"))
         if args.save_policy in BUILTIN_POLICIES:
             problems.append(Problem("--save-policy", f"'{args.save_policy}' is a built-in policy", "choose another name"))
-        if args.max_lpips is None and args.max_dino is None:
-            problems.append(Problem("--save-policy", "no threshold given",
-                                    "add --max-lpips T and/or --max-dino T (see the scores CSV for typical values)"))
         if problems:
             raise MaiError("cannot save a policy with these arguments", problems)
     if not str(args.out).lower().endswith(".csv"):
@@ -78,22 +80,43 @@ def run(args) -> int:
         print("warning: substitute metric in use (labelled in the lpips_model / dino_model columns)", file=sys.stderr)
     for note in scorer.notes:
         print(f"  note: {note}", file=sys.stderr)
+    limits = {"max_lpips": args.max_lpips, "max_dino": args.max_dino, "max_hue": args.max_hue}
+    if args.save_policy is not None:  # thresholds not given: the defaults for the metrics used
+        from mai_core.augment import default_thresholds
+
+        defaults = default_thresholds(scorer.lpips_model, scorer.dino_model)
+        for key, value in defaults.items():
+            if limits[key] is None:
+                limits[key] = value
+                if value is not None:
+                    print(f"default threshold --{key.replace('_', '-')} {value:g}", file=sys.stderr)
+        if limits["max_lpips"] is None and limits["max_dino"] is None:
+            raise MaiError("no default LPIPS or DINO threshold for these metrics",
+                           [Problem("--save-policy", f"defaults exist only for {', '.join(_calibrated())}; "
+                                    f"scored with {scorer.lpips_model} / {scorer.dino_model}",
+                                    "add --max-lpips T and/or --max-dino T (see the scores CSV for typical values)")])
     report = score_dataset(ds, n=args.n, k=args.k, augs=augs, seed=args.seed, scorer=scorer,
                            batch_size=args.batch_size, progress=True)
     summary = report.summary
-    if args.max_lpips is not None or args.max_dino is not None:
-        summary = summary.assign(kept=kept_mask(summary, args.max_lpips, args.max_dino).to_numpy())
+    if any(v is not None for v in limits.values()):
+        summary = summary.assign(kept=kept_mask(summary, **limits).to_numpy())
     write_csv(args.out, summary, float_format="%.6g")
     if args.pairs_out:
         write_csv(args.pairs_out, report.pairs, float_format="%.6g")
-    cols = ["aug", "lpips_mean", "dino_mean"] + (["kept"] if "kept" in summary.columns else [])
+    cols = ["aug", "lpips_mean", "dino_mean", "geometry_mean", "hue_mean"] + (["kept"] if "kept" in summary.columns else [])
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {args.out}")
     if args.save_policy is not None:
-        policy = select_policy(summary, args.max_lpips, args.max_dino, args.save_policy)
+        policy = select_policy(summary, limits["max_lpips"], limits["max_dino"], args.save_policy, limits["max_hue"])
         path = save_policy(policy, args.policy_dir)
         if not policy.items:
             print("warning: no augmentation is within the thresholds; the policy applies nothing", file=sys.stderr)
         print(f"saved policy {policy.name} ({len(policy.items)} augmentations) to {path}")
         print(f"  {policy.describe()}")
     return 0
+
+
+def _calibrated() -> list[str]:
+    from mai_core.augment import DEFAULT_THRESHOLDS
+
+    return list(DEFAULT_THRESHOLDS)
