@@ -83,6 +83,9 @@ def test_results_page_shows_runs_metrics_and_structure(app_env):
     # correlation structure: the fidelity number per selected run
     fid = next(f for f in frames if "correlation fidelity" in f.columns)
     assert len(fid) == 1 and np.isfinite(fid["correlation fidelity"].iloc[0])
+    # strategies of the selected run, read from its config
+    strat = next(f for f in frames if "pathway" in f.columns)
+    assert len(strat) == 1 and strat["loss"].iloc[0] == "MSE 0.5 + Pearson 0.5"
     at.selectbox(key="results_run").set_value("good").run()
     assert not at.exception
     gene_pcc = next(m for m in at.metric if m.label == "mean gene PCC")

@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "compare": ("ValPredictions", "load_val_predictions", "run_summary", "runs_table", "per_gene_pcc",
                 "cluster_pcc", "correlation_fidelity", "correlation_matrices", "common_val_set", "evaluate_val",
                 "compare_runs", "write_submission"),
+    "strategies": ("strategies_table", "strategy_row"),
     "testscore": ("predict_paths_reporting", "test_score_path", "cached_test_score", "test_score",
                   "write_submission_reporting"),
 })
