@@ -35,6 +35,13 @@ def _sub_correlation(fp: str, path: str, method: str, genes: tuple[str, ...]):
     return C[np.ix_(order, order)], [genes[i] for i in order]
 
 
+@st.cache_data(show_spinner="Finding co-expression modules and their hub genes…", max_entries=8)
+def _hubs(fp: str, path: str, method: str, beta: int):
+    d = ui.cached_dataset(path)
+    modules = G.tom_modules(d.X, d.genes, beta=beta, min_size=min(10, max(2, len(d.genes) // 10)), method=method)
+    return G.hub_genes(d.X, d.genes, modules, beta=beta, top=5, method=method)
+
+
 path = str(ds.root)
 fp = ds.fingerprint
 unit = ui.dataset_unit(ds)
@@ -103,6 +110,25 @@ with right:
     ui.tidy(sf)
     st.plotly_chart(sf, key="corr_scale_free", width="stretch", config=ui.PLOT_CONFIG)
     st.caption(" ".join(ui.GLOSS[k] for k in ("soft_threshold", "signed_r2", "scale_free")))
+
+    st.subheader(f"Hub genes of the co-expression modules (β = {ov.beta})")
+    try:
+        hubs = _hubs(fp, path, method, int(ov.beta))
+    except MaiError as exc:
+        ui.show_error(exc)
+        hubs = None
+    if hubs is not None and not hubs.empty:
+        st.dataframe(hubs[hubs["hub"]].drop(columns="hub"), hide_index=True, width="stretch", key="hub_genes",
+                     column_config={"k_within": st.column_config.NumberColumn("intramodular connectivity",
+                                                                              format="%.3f"),
+                                    "k_scaled": st.column_config.NumberColumn("relative to the module's top",
+                                                                              format="%.2f"),
+                                    "kME": st.column_config.NumberColumn("kME", format="%.2f")})
+        st.caption("Modules: WGCNA topological-overlap clusters of the 1,000 most variable genes. A hub is one of "
+                   "the five genes most connected within its module (sum of |r|^β to the module's other genes); "
+                   "kME is its correlation with the module's eigengene.")
+    elif hubs is not None:
+        st.caption("No co-expression module large enough to name hub genes.")
 
 st.subheader("Full resolution")
 src = st.radio("Genes to show", ["Cluster of the tree", "Gene list", "Heatmap selection"], horizontal=True,

@@ -15,7 +15,9 @@ from mai_core import genes as G  # noqa: E402
 from mai_core.errors import MaiError  # noqa: E402
 
 N_PCS = 50
-METHODS = {"k-means": "kmeans", "prefix": "prefix", "gene set": "geneset"}
+METHODS = {"k-means": "kmeans", "prefix": "prefix", "gene set": "geneset", "functional (terms)": "functional",
+           "bicluster": "bicluster"}
+K_METHODS = ("kmeans", "functional", "bicluster")
 
 
 @st.cache_data(show_spinner="Reducing gene profiles (PCA)…", max_entries=8)
@@ -27,6 +29,17 @@ def _profiles(fp: str, path: str, seed: int) -> G.GeneProfiles:
 def _kmeans(fp: str, path: str, k: int, seed: int):
     d = ui.cached_dataset(path)
     return G.kmeans_genes(None, d.genes, k=k, seed=seed, profiles=_profiles(fp, path, seed))
+
+
+@st.cache_data(show_spinner="Biclustering genes × spots (spectral)…", max_entries=16)
+def _bicluster(fp: str, path: str, k: int, seed: int):
+    d = ui.cached_dataset(path)
+    return G.bicluster_groups(d.X, d.genes, n_clusters=k, seed=seed)[0]
+
+
+@st.cache_data(show_spinner="Clustering annotation terms…", max_entries=16)
+def _functional(fp: str, genes: tuple, sets: dict, k: int, min_size: int, source: str):
+    return G.functional_groups(list(genes), sets, n_clusters=k, min_size=min_size, source=source)
 
 
 @st.cache_data(show_spinner="Scanning k (inertia and silhouette)…", max_entries=8)
@@ -88,12 +101,19 @@ with controls:
     method = METHODS[label]
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed"))
     k_max = min(20, n_genes - 1)
-    k = st.slider("Clusters (K)", 2, k_max, min(5, k_max), key="k", disabled=method != "kmeans")
+    k = st.slider("Clusters (K)", 2, k_max, min(5, k_max), key="k", disabled=method not in K_METHODS,
+                  help="k-means: gene clusters; functional: clusters of annotation terms; bicluster: gene (and "
+                       "spot) blocks of the checkerboard")
     grouping = None
     gmt_name = None
+    terms = None
     try:
         if method == "kmeans":
             grouping = _kmeans(fp, path, int(k), seed)
+        elif method == "bicluster":
+            grouping = _bicluster(fp, path, int(k), seed)
+            st.caption("Spectral biclustering of spots × genes (the 2,000 most variable genes): blocks of genes that "
+                       "are high together in blocks of spots.")
         elif method == "prefix":
             min_size = int(st.number_input("Smallest prefix group", 1, n_genes, min(5, n_genes), key="prefix_min"))
             pattern = st.text_input("Prefix rule (regular expression, first group = prefix)",
@@ -116,7 +136,9 @@ with controls:
                     sets, gmt_name = _gmt(str(ui.resolve_typed_path(typed, "GMT file", ds=ds)), None), Path(typed).name
             min_set = int(st.number_input("Smallest set group", 1, n_genes, 1, key="geneset_min"))
             if sets is None:
-                st.info("Choose a GMT gene-set file.")
+                st.info("Choose a GMT gene-set file (GO terms, e.g. MSigDB C5, or any other annotation).")
+            elif method == "functional":
+                grouping, terms = _functional(fp, tuple(ds.genes), sets, int(k), max(2, min_set), gmt_name or src)
             else:
                 grouping = G.geneset_groups(ds.genes, sets, min_size=min_set, source=src)
     except MaiError as exc:
@@ -176,6 +198,16 @@ if truth:
                   help=f"over the {len(truth)} genes that belong to a planted module (modules.gmt); 1 = identical")
     except MaiError as exc:
         st.caption(exc.message)
+
+if terms is not None:
+    st.subheader(f"Annotation terms: MDS map of their similarity ({len(terms)} terms)")
+    tfig = px.scatter(terms, x="x", y="y", color="cluster", hover_name="term", size="n_genes",
+                      hover_data={"n_genes": True, "cluster": True, "x": False, "y": False}, height=480)
+    tfig.update_layout(xaxis_title="MDS 1", yaxis_title="MDS 2")
+    ui.tidy(tfig, legend="right", legend_title="term cluster")
+    st.plotly_chart(tfig, key="term_mds", width="stretch", config=ui.PLOT_CONFIG)
+    st.caption("Terms close together share many of their genes (distance = 1 − Jaccard overlap among this "
+               "dataset's genes). A gene joins the term cluster that holds most of its terms.")
 
 tabs = st.tabs(["Groups", "Choosing K"] if method == "kmeans" else ["Groups"])
 with tabs[0]:
