@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from mai_core.runs import jobs
 from mai_core.runs import RunDir, read_metrics, write_config, write_status
+from mai_core.app.tasks import get_task
 from mai_core.app.training import REFRESH_KEY
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "4_Results.py")
@@ -75,9 +76,13 @@ def test_results_page_shows_runs_metrics_and_structure(app_env):
     table = at.dataframe[0].value
     assert set(table["name"]) == {"good", "bad"}
     assert set(table["state"]) == {"finished"}
-    assert {"backbone", "α", "β", "grouping", "epochs", "best val gene-PCC"} <= set(table.columns)
+    assert {"backbone", "loss α / β", "grouping", "epochs", "best val PCC", "final val PCC", "test PCC",
+            "time"} <= set(table.columns)
+    assert table.set_index("name").loc["good", "best val PCC"] == "0.9000"  # scores as words, no None
+    assert "None" not in table.astype(str).to_numpy()
     # details of the first (newest) run: PCC summary, cluster table, scatter
-    assert any(m.label == "mean gene PCC" for m in at.metric)
+    assert any(m.label.startswith("final val gene-PCC") for m in at.metric)
+    assert any(m.label == "best val gene-PCC (1 view, during training)" for m in at.metric)
     frames = [d.value for d in at.dataframe]
     assert any("mean_pcc" in f.columns and set(f["group"]) == {"A", "B"} for f in frames)
     # correlation structure: the fidelity number per selected run
@@ -88,7 +93,7 @@ def test_results_page_shows_runs_metrics_and_structure(app_env):
     assert len(strat) == 1 and strat["loss"].iloc[0] == "MSE 0.5 + Pearson 0.5"
     at.selectbox(key="results_run").set_value("good").run()
     assert not at.exception
-    gene_pcc = next(m for m in at.metric if m.label == "mean gene PCC")
+    gene_pcc = next(m for m in at.metric if m.label.startswith("final val gene-PCC"))
     assert float(gene_pcc.value) > 0.8
 
 
@@ -142,12 +147,18 @@ def test_sidebar_job_runs_to_completion_and_appears_in_results(app_env):
     assert at.session_state[REFRESH_KEY] is None  # finished: no auto-refresh any more
     table = at.dataframe[0].value.set_index("name")
     assert table.loc["e2e", "state"] == "finished" and table.loc["e2e", "backbone"] == "efficientnet_lite0"
-    assert np.isfinite(table.loc["e2e", "best val gene-PCC"])
+    assert np.isfinite(float(table.loc["e2e", "best val PCC"]))
     assert len(read_metrics(run.path)) == 1
-    assert any(m.label == "mean gene PCC" for m in at.metric)
+    assert any(m.label.startswith("final val gene-PCC") for m in at.metric)
     # submission for the dataset's test.csv, predicted by the finished run
     at.selectbox(key="results_sub_run").set_value("e2e")
     at.button(key="results_sub_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    # the prediction runs in the background with a count and Cancel; the page shows the file when it ends
+    key, _ = at.session_state["_mai_submission"]
+    task = _wait(lambda: (t := get_task(key)) is not None and not t.running and t, 600)
+    assert task.ok, task.error
+    at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     fname, data = at.session_state["results_submission"]
     sub = pd.read_csv(io.BytesIO(data))
