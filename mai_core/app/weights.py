@@ -4,6 +4,7 @@ and the weights line of a run on the Results page."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -19,12 +20,33 @@ STATE_TEXT = {"stored": "on this machine", "hand-placed": "on this machine (plac
               "none": "no published weights"}
 
 
+def _cache_fingerprint() -> tuple:
+    """What our weight cache holds now (names, sizes, times) and whether downloads are off: a finished pull
+    changes it, so the sidebar shows the new status at once rather than after the cache expires."""
+    from mai_core.models.backbones import offline_reason
+    from mai_core.workspace import cache_dir
+
+    root = cache_dir() / "weights"
+    try:
+        files = tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(root)
+                             if e.is_file() and e.name.endswith((".safetensors", ".json"))))
+    except OSError:
+        files = ()
+    return str(root), files, bool(offline_reason())
+
+
 @st.cache_data(show_spinner=False, ttl=10)
-def weight_rows() -> list[dict]:
-    """Status rows of every backbone and metric network (disk checks only; refreshed every 10 s)."""
+def _weight_rows(fingerprint: tuple) -> list[dict]:
     from mai_core.models.backbones import weights_table
 
     return [r.to_dict() for r in weights_table()]
+
+
+def weight_rows() -> list[dict]:
+    """Status rows of every backbone and metric network (disk checks only; recomputed when our cache changes,
+    and every 10 s for the timm/HF caches and packages outside it)."""
+    return _weight_rows(_cache_fingerprint())
+
 
 
 def pull_jobs_root() -> Path:
@@ -51,7 +73,7 @@ def submit_pull(name: str, data_dir: str):
     job = f"pull-{re.sub(r'[^A-Za-z0-9._-]+', '-', key)[:50]}-{time.strftime('%H%M%S')}"
     root = pull_jobs_root()
     spec = jobs.TrainSpec(data=str(data_dir), name=job, device="cpu")
-    weight_rows.clear()
+    _weight_rows.clear()
     return jobs.submit(spec, runs_root=root, command=pull_command(key, (root / job).resolve()))
 
 
@@ -115,7 +137,7 @@ def offer_weights_pull(ds, names: list[str], on_ready=None) -> None:
                 _pull_button(name, str(ds.root), key=f"aug_pull_{key}", label=f"Pull {name}")
     if on_ready is not None and cols[-1].button("Use pulled weights", key="aug_pull_reload",
                                                 help="reload the metric networks once their pull has finished"):
-        weight_rows.clear()
+        _weight_rows.clear()
         on_ready()
         st.rerun()
 

@@ -174,21 +174,23 @@ def _check_alexnet(sd: dict, where: str) -> None:
 
 @contextlib.contextmanager
 def _locked(name: str) -> Iterator[None]:
-    """One writer per cache entry (a second pull of the same weights is refused, not interleaved)."""
-    import fcntl
+    """One writer per cache entry (a second pull of the same weights is refused, not interleaved).
 
-    lock = weights_cache_path(name).parent / ".locks" / f"{_safe_name(canonical(name))}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(lock, "w")
+    A ``filelock`` lock: an OS-level lock on POSIX and Windows alike, released when its holder dies."""
+    from filelock import FileLock, Timeout
+
+    path = weights_cache_path(name).parent / ".locks" / f"{_safe_name(canonical(name))}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise MaiError(f"the {canonical(name)} weights are being written by another process",
-                           hint="wait for that pull or import to finish (see the job list), then try again") from None
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise MaiError(f"the {canonical(name)} weights are being written by another process",
+                       hint="wait for that pull or import to finish (see the job list), then try again") from None
+    try:
         yield
     finally:
-        fh.close()
+        lock.release()
 
 
 def _refuse_foreign(name: str, force: bool) -> None:
