@@ -77,4 +77,4 @@ PAGES = {
     ],
 }
 
-st.navigation(PAGES).run()
+ui.run_page(st.navigation(PAGES))

@@ -6,6 +6,8 @@ The only module of the library (with ``ui_training``) that imports streamlit; pa
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import streamlit as st
@@ -158,6 +160,26 @@ def show_error(exc: MaiError) -> None:
         st.dataframe(rows, width="stretch", hide_index=True)
     if exc.hint:
         st.caption(exc.hint)
+
+
+UNEXPECTED_ERROR = ("Something unexpected went wrong on this page. Its details were written to the server's "
+                    "console, not shown here. Reload the page, or choose another dataset or run.")
+
+
+def run_page(page) -> None:
+    """Run the navigation's chosen page: our errors as messages, anything unexpected as a generic notice.
+
+    The details of an unexpected error (type, text, traceback) go to the server's console only: they can
+    name files and contents of the machine the app runs on. Streamlit's own stop/rerun signals pass through.
+    """
+    try:
+        page.run()
+    except MaiError as exc:
+        show_error(exc)
+    except Exception:
+        print(f"unexpected error on page {getattr(page, 'title', '?')!r}:", file=sys.stderr)
+        traceback.print_exc()
+        st.error(UNEXPECTED_ERROR)
 
 
 def page_setup(title: str, icon: str = "🧬", require_dataset: bool = True) -> MAIDataset | None:
