@@ -1,7 +1,13 @@
 """The strategies table on real tissue: leave-one-section-out over HER2ST C2–C5, several seeds.
 
-    .venv/bin/python bench/strategies.py [--rows plain,mse,pearson,...] [--seeds 0,1,2] [--folds C2,C3,C4,C5]
-                                         [--work DIR] [--table-only] [--list]
+    .venv/bin/python bench/strategies.py [--protocol heads|finetune] [--rows mse,pearson,...] [--seeds 0,1,2]
+                                         [--folds C2,C3,C4,C5] [--work DIR] [--table-only] [--list]
+
+Two protocols. ``heads`` (the default; about half an hour on two CPU cores, most of it extracting features once)
+trains every strategy as heads on frozen backbone features (``bench/strategies_heads.py`` states it in full).
+``finetune`` trains every row end to end with ``mai_core.training.train``: hours per row on a CPU, meant for a
+machine with time or a GPU. The sections below describe both; results of the two are cached apart
+(``WORK/heads`` and ``WORK/results``).
 
 Every (row, fold, seed) result is cached in ``WORK/results/<row>/<fold>_s<seed>.json`` (test predictions in
 ``WORK/preds``), so the table is built in pieces (several invocations, in the background) and re-printed with
@@ -69,6 +75,9 @@ ROWS: dict[str, tuple[str, str, dict]] = {
     "prefix": ("+ prefix heads (MSE)", "train", {**MSE, "grouping": {"path": "@prefix"}}),
     "geneset": ("+ gene-set heads, Hallmark (MSE)", "train", {**MSE, "grouping": {"path": "@hallmark"}}),
     "kmeans5": ("+ k-means K=5 heads (MSE)", "train", {**MSE, "grouping": {"path": "@kmeans5"}}),
+    "pathway": ("+ Hallmark pathway weights ×2 + within-set co-loss 0.1 (on covariance)", "train",
+                {"loss": {"alpha": 0.4, "beta": 0.4, "pathway_gmt": str(HALLMARK), "pathway_weight": 2.0,
+                          "coexp_weight": 0.1}}),
     "all": ("all strategies: Pearson + cov + prefix/k-means heads", "train",
             {"loss": {"alpha": 0.4, "beta": 0.4}, "grouping": {"path": "@prefix_kmeans5"}}),
     "all_lite1": ("all strategies, EfficientNet-Lite1", "train",
@@ -81,7 +90,7 @@ ROWS: dict[str, tuple[str, str, dict]] = {
     "default": ("default `train` (CPU recipe, no flags)", "train", {}),
 }
 # the row each row is compared with ("Δ" column)
-REFERENCE = {"pearson": "mse", "covariance": "mse", "prefix": "mse", "geneset": "mse", "kmeans5": "mse",
+REFERENCE = {"pearson": "mse", "covariance": "mse", "pathway": "covariance", "prefix": "mse", "geneset": "mse", "kmeans5": "mse",
              "all": "mse", "ensemble3": "all", "mse": "plain", "default": "plain", "ridge": "plain"}
 PUBLISHED = [
     ("contest entry: single backbone → + heads → + Pearson/cov loss → 3-backbone ensemble",
@@ -347,7 +356,9 @@ def delta(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{d.mean():+.3f} ({rel:+.1f} %){'  no effect' if noise else ''}"
 
 
-def print_table(work: Path, rows, folds, seeds) -> None:
+def print_table(work: Path, rows, folds, seeds, labels=None, reference=None) -> None:
+    labels = labels or {k: v[0] for k, v in ROWS.items()}
+    reference = REFERENCE if reference is None else reference
     print(f"\nLeave-one-section-out on HER2ST {', '.join(folds)} (train on the other sections, test on the "
           f"held-out one); seeds {', '.join(map(str, seeds))}; mean over seeds of the fold mean ± sd over seeds")
     head = (f"{'row':11s} {'top-50 PCC':>15s} {'mean-250 PCC':>15s} {'stain-shift top-50':>19s}  "
@@ -360,13 +371,13 @@ def print_table(work: Path, rows, folds, seeds) -> None:
             print(f"{row:11s} {'(not run)':>15s}")
             continue
         t = per_seed(res, "top50", folds, seeds)
-        ref = REFERENCE.get(row)
+        ref = reference.get(row)
         d = delta(t, per_seed(collect(work, ref, folds, seeds), "top50", folds, seeds)) if ref else ""
         mins = np.mean([r["total_s"] for r in res.values()]) / 60
         load = np.mean([r["load"] for r in res.values()])
         print(f"{row:11s} {fmt(t):>15s} {fmt(per_seed(res, 'mean250', folds, seeds)):>15s} "
               f"{fmt(per_seed(res, 'shift', folds, seeds)):>19s}  {d:>28s} {ref or '':>10s} {mins:8.1f} "
-              f"{load:5.2f} {len(res):5d}  {ROWS[row][0]}")
+              f"{load:5.2f} {len(res):5d}  {labels[row]}")
     print("\nPublished figures (other protocols, not comparable with the rows above):")
     for name, fig, proto in PUBLISHED:
         print(f"  {name}: {fig}  [{proto}]")
@@ -375,24 +386,39 @@ def print_table(work: Path, rows, folds, seeds) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(REPO / "workspace" / "strategies"))
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (see --list)")
+    ap.add_argument("--protocol", choices=("heads", "finetune"), default="heads",
+                    help="heads: strategies as heads on frozen features (fast); finetune: end-to-end training")
+    ap.add_argument("--rows", default=None, help="comma-separated rows (see --list; default: all of the protocol)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--folds", default=",".join(SECTIONS))
     ap.add_argument("--table-only", action="store_true", help="print the table from cached results, train nothing")
     ap.add_argument("--list", action="store_true", help="list the rows")
     args = ap.parse_args()
+    import strategies_heads as H
+
+    table = {k: v[0] for k, v in (H.ROWS.items() if args.protocol == "heads" else ROWS.items())}
     if args.list:
-        for k, (label, kind, _) in ROWS.items():
-            print(f"{k:11s} {kind:9s} {label}")
+        for k, label in table.items():
+            print(f"{k:11s} {label}")
         return 0
-    rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in rows if r not in ROWS]
+    rows = [r for r in (args.rows or ",".join(table)).split(",") if r]
+    unknown = [r for r in rows if r not in table]
     if unknown:
         print(f"unknown row(s) {unknown}; --list shows them", file=sys.stderr)
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     folds = [f for f in args.folds.split(",") if f]
     work = Path(args.work)
+    if args.protocol == "heads":
+        if not args.table_only:
+            if not (HER2ST / "C5.jpg").exists():
+                print(f"HER2ST data not found at {HER2ST}; nothing to benchmark")
+                return 0
+            os.environ.setdefault("MAI_WORKSPACE", str(work / "ws"))
+            H.run(sys.modules[__name__], work, rows, folds, seeds)
+        print_table(work / "heads", rows, folds, seeds, table, H.REFERENCE)
+        print("\n" + H.describe())
+        return 0
     if not args.table_only:
         if not (HER2ST / "C5.jpg").exists():
             print(f"HER2ST data not found at {HER2ST}; nothing to benchmark")
