@@ -1,0 +1,301 @@
+"""Load: N concurrent browser sessions on the demo app while a small training job runs.
+
+    .venv/bin/python bench/load.py [--sessions 8] [--switches 8] [--duration 300] [--epochs 2] [--data DIR]
+
+Starts the app as shipped (`streamlit run app.py` from the repository root, `.streamlit/config.toml`:
+127.0.0.1 only) on a free port with a fresh workspace, then three phases, all in this one run:
+
+baseline job     : the training job (finetune EfficientNet-Lite0, tiny demo) alone, the app idle;
+baseline session : one headless Chromium session switching between pages, no job (the first round of
+                   page visits warms the app's caches and is not counted);
+load             : the same job again, and N sessions at once, each switching pages until the job has
+                   ended and it has made at least --switches switches (or --duration has passed).
+
+A page switch is timed from the click on the sidebar link to the new page's title being shown and the
+app no longer running the page. Errors: a switch that times out, a Streamlit exception box or the app's
+generic error notice on the page, a lost connection. Prints p50/p95 per phase and their ratio, the error
+count, and whether the job under load finished with the same validation score (same seed) and how much
+slower it ran. Goal: 8 sessions, p95 <= 3 s, zero errors, job unaffected.
+
+Bounded: at most 16 sessions, --duration at most 900 s, every wait has a timeout; the server, the browser
+and the job are always stopped at the end. Connects to 127.0.0.1 only. Needs Debian's chromium and
+Playwright's Python package (the browser extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update"]
+# (sidebar link, page title) visited in turn; the heavy model pages (Augmentation Lab, Grad-CAM) are left out
+PAGES = [("Home", "Spatial gene expression from H&E"), ("Gene correlation", "Gene Correlation"),
+         ("Gene clusters", "Gene Clusters"), ("Results", "Results & ensembles")]
+MAX_SESSIONS, MAX_DURATION, SWITCH_TIMEOUT_S = 16, 900, 60
+GOAL = "goal: 8 sessions, p95 page switch <= 3 s, zero errors, the job unaffected"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(data: Path, workspace: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, MAI_DATA=str(data), MAI_WORKSPACE=str(workspace), PYTHONPATH=str(REPO))
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    end = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).close()
+            return proc, url
+        except OSError:
+            if time.time() > end or proc.poll() is not None:
+                stop_process(proc)
+                raise SystemExit("the app did not start:\n" + log_path.read_text()[-2000:])
+            time.sleep(0.5)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def submit_job(data: Path, name: str, epochs: int):
+    from mai_core.runs import jobs
+
+    spec = jobs.TrainSpec(data=str(data), name=name, model="finetune", backbone="efficientnet_lite0",
+                          epochs=epochs, batch_size=16, device="cpu",
+                          extra=["--image-size", "128", "--seed", "0", "--workers", "0"])
+    return jobs.submit(spec)
+
+
+def wait_job(name: str, timeout_s: float):
+    from mai_core.runs import jobs
+
+    return jobs.wait(name, timeout_s=timeout_s, poll_s=0.25)
+
+
+def stop_job_if_active(name: str) -> None:
+    from mai_core.runs import jobs
+
+    try:
+        if jobs.job_info(name).is_active:
+            jobs.stop(name, force=True, wait_s=10)
+    except Exception as exc:  # the bench must still stop the server and browser
+        print(f"could not stop job {name}: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- browsers
+async def _settled(page, title: str, timeout_s: float) -> None:
+    """The page's title is shown and the app has stopped running the page script."""
+    await page.get_by_role("heading", name=title, exact=True).first.wait_for(state="visible",
+                                                                            timeout=timeout_s * 1000)
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')", timeout=timeout_s * 1000)
+
+
+def _notice_text() -> str:
+    os.environ["STREAMLIT_LOGGER_LEVEL"] = "error"  # imported outside a running app: no cache warnings
+    try:
+        from mai_core.app.frame import UNEXPECTED_ERROR
+    finally:
+        os.environ.pop("STREAMLIT_LOGGER_LEVEL", None)
+    return UNEXPECTED_ERROR
+
+
+async def _page_errors(page) -> list[str]:
+    found = []
+    if await page.locator('[data-testid="stException"]').count():
+        found.append("exception box")
+    if await page.get_by_text(_notice_text()[:40]).count():
+        found.append("generic error notice")
+    if await page.get_by_text("Connection error").count():
+        found.append("connection lost")
+    return found
+
+
+async def session(k: int, browser, url: str, min_switches: int, deadline: float, job_ended: asyncio.Event,
+                  samples: list, errors: list, skip_first_round: bool) -> None:
+    from playwright.async_api import Error as PlaywrightError
+
+    context = await browser.new_context(viewport={"width": 1300, "height": 900})
+    try:
+        page = await context.new_page()
+        try:
+            await page.goto(url, wait_until="domcontentloaded", timeout=SWITCH_TIMEOUT_S * 1000)
+            await _settled(page, PAGES[0][1], SWITCH_TIMEOUT_S)
+        except PlaywrightError as exc:
+            errors.append((k, "open", str(exc).splitlines()[0]))
+            return
+        i = 0
+        while time.time() < deadline and (i < min_switches or not job_ended.is_set()):
+            link, title = PAGES[(i + 1) % len(PAGES)]
+            t0 = time.perf_counter()
+            try:
+                await page.get_by_role("link", name=link, exact=True).first.click(timeout=SWITCH_TIMEOUT_S * 1000)
+                await _settled(page, title, SWITCH_TIMEOUT_S)
+                seconds = time.perf_counter() - t0
+                problems = await _page_errors(page)
+            except PlaywrightError as exc:
+                errors.append((k, link, "timed out" if "Timeout" in str(exc) else str(exc).splitlines()[0]))
+                i += 1
+                continue
+            for what in problems:
+                errors.append((k, link, what))
+            if not (skip_first_round and i < len(PAGES)):
+                samples.append((link, seconds, not job_ended.is_set()))
+            i += 1
+    finally:
+        await context.close()
+
+
+async def run_sessions(url: str, n: int, min_switches: int, duration: float, job_name: str | None,
+                       skip_first_round: bool) -> tuple[list, list]:
+    from playwright.async_api import async_playwright
+
+    samples: list = []
+    errors: list = []
+    job_ended = asyncio.Event()
+    deadline = time.time() + duration
+
+    async def watch_job():
+        from mai_core.runs import jobs
+
+        while time.time() < deadline:
+            if not jobs.job_info(job_name).is_active:
+                break
+            await asyncio.sleep(0.5)
+        job_ended.set()
+
+    if job_name is None:
+        job_ended.set()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            tasks = [session(k, browser, url, min_switches, deadline, job_ended, samples, errors, skip_first_round)
+                     for k in range(n)]
+            if job_name is not None:
+                tasks.append(watch_job())
+            await asyncio.gather(*tasks)
+        finally:
+            await browser.close()
+    return samples, errors
+
+
+def percentiles(samples: list) -> tuple[float, float]:
+    s = np.array([x[1] for x in samples], dtype=float)
+    return (float(np.percentile(s, 50)), float(np.percentile(s, 95))) if len(s) else (float("nan"), float("nan"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    ap.add_argument("--sessions", type=int, default=8, help=f"concurrent browser sessions (1-{MAX_SESSIONS})")
+    ap.add_argument("--switches", type=int, default=8, help="page switches per session at least (default 8)")
+    ap.add_argument("--duration", type=float, default=300, help=f"seconds the load phase may take (<= {MAX_DURATION})")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of the training job (default 2)")
+    ap.add_argument("--data", type=Path, help="dataset folder (default: a tiny generated demo)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.sessions <= MAX_SESSIONS or not 10 <= args.duration <= MAX_DURATION or args.switches < 1:
+        ap.error(f"--sessions must be 1-{MAX_SESSIONS}, --duration 10-{MAX_DURATION} s, --switches >= 1")
+    if not CHROMIUM.exists():
+        print(f"{CHROMIUM} not found: install Debian's chromium package", file=sys.stderr)
+        return 2
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        print("playwright is not installed: pip install -e '.[browser]'", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="mai-load-") as tmp:
+        tmp = Path(tmp)
+        os.environ["MAI_WORKSPACE"] = str(tmp / "workspace")
+        data = args.data
+        if data is None:
+            from mai_core.data.demo import generate_demo
+
+            data = tmp / "demo"
+            generate_demo(data, n_train=120, n_test=40, n_genes=60, seed=0)
+        proc, url = start_app(data, tmp / "workspace", tmp / "server.log")
+        jobs_started = []
+        try:
+            print(f"app {url} (shipped config), data {data}, {args.sessions} session(s), pages: "
+                  + ", ".join(p[0] for p in PAGES))
+            # phase 1: the job alone
+            t0 = time.time()
+            jobs_started.append("alone")
+            submit_job(data, "alone", args.epochs)
+            alone = wait_job("alone", MAX_DURATION)
+            alone_s = time.time() - t0
+            print(f"baseline job      : {alone.state} in {alone_s:.1f} s, val gene PCC {alone.best_val_gene_pcc}")
+            # phase 2: one session, no job
+            base, base_err = asyncio.run(run_sessions(url, 1, 2 * len(PAGES), 120, None, skip_first_round=True))
+            b50, b95 = percentiles(base)
+            print(f"baseline session  : {len(base)} switches, p50 {b50:.2f} s, p95 {b95:.2f} s, "
+                  f"{len(base_err)} error(s)")
+            # phase 3: N sessions while the job runs
+            t0 = time.time()
+            jobs_started.append("loaded")
+            submit_job(data, "loaded", args.epochs)
+            load, load_err = asyncio.run(run_sessions(url, args.sessions, args.switches, args.duration, "loaded",
+                                                      skip_first_round=False))
+            loaded = wait_job("loaded", MAX_DURATION)
+            loaded_s = time.time() - t0
+            l50, l95 = percentiles(load)
+            during = [s for s in load if s[2]]
+            d50, d95 = percentiles(during)
+            print(f"load              : {len(load)} switches by {args.sessions} session(s), p50 {l50:.2f} s, "
+                  f"p95 {l95:.2f} s ({l50 / b50:.1f}x / {l95 / b95:.1f}x the single session), "
+                  f"{len(load_err)} error(s)")
+            print(f"  while the job ran: {len(during)} switches, p50 {d50:.2f} s, p95 {d95:.2f} s")
+            for link, _t in PAGES:
+                ts = [s for s in load if s[0] == link]
+                if ts:
+                    print(f"  {link:<17}: {len(ts):3d} switches, p50 {percentiles(ts)[0]:.2f} s, "
+                          f"p95 {percentiles(ts)[1]:.2f} s")
+            for k, where, what in (base_err + load_err)[:20]:
+                print(f"  error: session {k}, {where}: {what}")
+            same = (alone.best_val_gene_pcc is not None and loaded.best_val_gene_pcc is not None
+                    and abs(alone.best_val_gene_pcc - loaded.best_val_gene_pcc) < 1e-4)
+            print(f"job under load    : {loaded.state} in {loaded_s:.1f} s ({loaded_s / alone_s:.2f}x the job alone), "
+                  f"val gene PCC {loaded.best_val_gene_pcc} ({'same as' if same else 'DIFFERS from'} alone)")
+            unaffected = loaded.state == "finished" and same
+            met = args.sessions >= 8 and l95 <= 3.0 and not (base_err or load_err) and unaffected
+            print(f"{GOAL} -> {'met' if met else 'not met'} at this size "
+                  f"({args.sessions} sessions, p95 {l95:.2f} s, {len(base_err) + len(load_err)} errors, "
+                  f"job {'unaffected' if unaffected else 'affected'})")
+        finally:
+            for name in jobs_started:
+                stop_job_if_active(name)
+            stop_process(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
