@@ -122,11 +122,11 @@ async def _settled(page, title: str, timeout_s: float) -> None:
 
 
 def _notice_text() -> str:
-    os.environ["STREAMLIT_LOGGER_LEVEL"] = "error"  # imported outside a running app: no cache warnings
-    try:
-        from mai_core.app.frame import UNEXPECTED_ERROR
-    finally:
-        os.environ.pop("STREAMLIT_LOGGER_LEVEL", None)
+    import streamlit.logger
+
+    streamlit.logger.set_log_level("error")  # imported outside a running app: no cache warnings
+    from mai_core.app.frame import UNEXPECTED_ERROR
+
     return UNEXPECTED_ERROR
 
 
