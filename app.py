@@ -75,6 +75,9 @@ PAGES = {
         st.Page("pages/4_Results.py", title="Results", icon=":material/monitoring:"),
         st.Page("pages/5_Grad_CAM.py", title="Grad-CAM", icon=":material/visibility:"),
     ],
+    "Slides": [
+        st.Page("pages/6_Slide_Viewer.py", title="Slide viewer", icon=":material/map:"),
+    ],
 }
 
 ui.run_page(st.navigation(PAGES))

@@ -7,6 +7,7 @@
       policies/<name>.yaml  augmentation policies (mai_core.augment)
       cache/                feature caches, UMAP embeddings, ... keyed by content fingerprints
       jobs/                 background job queue (mai_core.jobs)
+      slides/<name>/        slide predictions: prediction.h5ad (+ status.json, log.txt of background jobs)
 """
 
 from __future__ import annotations

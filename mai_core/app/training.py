@@ -189,6 +189,8 @@ def _job_row(info: jobs.JobInfo) -> None:
                     text=f"{info.phase}: {done:,}/{total:,} patches" if total else str(info.phase))
     elif info.state in ("running", "stopped", "failed"):
         text = f"epoch {info.epoch or 0}/{info.epochs or '?'}"
+        if "predict-slide" in info.command:  # a slide prediction counts tiles, not epochs
+            text = f"{info.epoch or 0:,}/{info.epochs or 0:,} tiles"
         if info.state == "running":
             text += f" · ETA {_fmt_eta(info.eta_s)}"
         if info.best_val_gene_pcc is not None:

@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "<section>_labels.tsv next to the spot file when present")
     p.add_argument("--programmes", metavar="GMT|CSV",
                    help="gene programmes to score (GMT or grouping CSV); default: the run's grouping")
-    p.add_argument("--out", required=True, metavar="OUT.h5ad", help="output AnnData file (written atomically)")
+    p.add_argument("--out", metavar="OUT.h5ad",
+                   help="output AnnData file, written atomically (default: the workspace's "
+                        "slides/<run>-<image>-<time>/prediction.h5ad, where the Slide viewer lists it)")
     p.add_argument("--library", metavar="NAME", help="library id in uns['spatial'] (default: the image's name)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="tiles per batch (default: the run's)")
@@ -48,8 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from mai_core.spatial import format_result, predict_slide
+    from mai_core.spatial import PREDICTION_FILE, format_result, job_name, predict_slide, slides_dir
 
+    if args.out is None:
+        args.out = str(slides_dir() / job_name(args.run, args.image) / PREDICTION_FILE)
     tta = None if args.tta is None else (args.tta if args.tta > 1 else False)
     info = predict_slide(args.run, args.image, args.out, spots=args.spots, grid_um=args.grid_um, mpp=args.mpp,
                          run_mpp=args.run_mpp, tta=tta, device=args.device, batch_size=args.batch_size,

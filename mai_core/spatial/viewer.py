@@ -236,3 +236,62 @@ def map_figure(sm: SlideMap, values, title: str, unit: str = "", measured=None, 
 def payload_bytes(fig) -> int:
     """Size of the figure as sent to the browser (its JSON)."""
     return len(fig.to_json().encode())
+
+
+LAYER_KINDS = {"gene": "Gene", "programme": "Gene programme", "cluster": "Spot cluster", "label": "Pathologist label"}
+
+
+@dataclass
+class MapLayer:
+    """One per-spot quantity ready to draw: values, the measured counterpart (or None), title and unit."""
+
+    values: np.ndarray
+    measured: np.ndarray | None
+    title: str
+    unit: str
+    categorical: bool = False
+
+
+def layer_kinds(sm: SlideMap) -> list[str]:
+    """What this prediction can be coloured by (keys of :data:`LAYER_KINDS`)."""
+    kinds = ["gene"] + (["programme"] if sm.programmes is not None and sm.programmes.shape[1] else [])
+    kinds.append("cluster")
+    return kinds + (["label"] if sm.labels is not None and (sm.labels != "").any() else [])
+
+
+def map_layer(sm: SlideMap, kind: str, name: str | None = None, clusters: np.ndarray | None = None) -> MapLayer:
+    """The values of one layer: a gene (predicted, measured beside it when known), a programme, clusters, labels."""
+    if kind == "gene":
+        j = sm.gene_index(name)
+        meas = sm.measured[:, j] if sm.measured is not None else None
+        if meas is not None and not np.isfinite(meas).any():
+            meas = None
+        r = sm.pcc[j]
+        title = f"{name} (validation r {r:.2f})" if np.isfinite(r) else name
+        return MapLayer(sm.X[:, j], meas, title, sm.units)
+    if kind == "programme":
+        if sm.programmes is None or name not in sm.programmes.columns:
+            raise MaiError(f"no gene programme '{name}' in this prediction",
+                           [Problem(str(sm.path), "unknown programme", "pick one of the listed programmes")])
+        return MapLayer(sm.programmes[name].to_numpy(np.float64), None, f"programme {name}", "mean z-score")
+    if kind == "cluster":
+        if clusters is None or len(clusters) != sm.n:
+            raise MaiError("no spot clusters computed", [Problem("clusters", "missing", "pick a number of clusters")])
+        return MapLayer(np.array([f"cluster {c + 1}" for c in clusters], dtype=object), None,
+                        "spot clusters", "", categorical=True)
+    if kind == "label":
+        if sm.labels is None:
+            raise MaiError("this prediction has no pathologist labels", [Problem(
+                str(sm.path), "no obs['label']", "predict again with --labels LABELS.tsv")])
+        return MapLayer(sm.labels.astype(object), None, "pathologist labels", "", categorical=True)
+    raise MaiError(f"unknown map layer '{kind}'", [Problem("layer", kind, f"use one of {', '.join(LAYER_KINDS)}")])
+
+
+def spot_values(sm: SlideMap, i: int, genes: list[str]) -> pd.DataFrame:
+    """Predicted and measured values of ``genes`` at spot ``i`` with each gene's validation r."""
+    if not 0 <= int(i) < sm.n:
+        raise MaiError("no such spot", [Problem(str(sm.path), f"spot index {i} of {sm.n}", "click a spot on the map")])
+    idx = [sm.gene_index(g) for g in genes]
+    measured = sm.measured[int(i), idx] if sm.measured is not None else np.full(len(idx), np.nan, np.float32)
+    return pd.DataFrame({"gene": list(genes), "predicted": sm.X[int(i), idx].astype(np.float64),
+                         "measured": measured.astype(np.float64), "validation r": sm.pcc[idx].astype(np.float64)})
