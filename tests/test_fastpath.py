@@ -1,5 +1,5 @@
 """The fast prediction path: same numbers in any memory layout, TTA views 1..8, progress and cancellation
-hooks, overlapped decoding, CPU tuning, and ``--tta N`` on the command line."""
+hooks, overlapped decoding, CPU tuning, ``--tta N`` on the command line, and the ridge fit."""
 
 from __future__ import annotations
 
@@ -251,3 +251,21 @@ def test_cli_tta_views(tiny_run, demo_dir, tmp_path, capsys):
               "--tta", "9"])
     assert exc.value.code == 2
     assert "1..8" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("shape", [(20, 60), (60, 12)])
+def test_ridge_thin_svd_and_fit_match_the_textbook_solution(shape):
+    """The Gram-matrix SVD reproduces LAPACK's, and the one-thread ridge fit equals (XᵀX + αI)⁻¹Xᵀy."""
+    from mai_core.models.ridge import fit_ridge, predict_ridge, thin_svd
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    u, s, vt = thin_svd(x)
+    assert np.allclose(s, np.linalg.svd(x, compute_uv=False)[: len(s)]) and np.allclose((u * s) @ vt, x)
+    y = rng.standard_normal((shape[0], 4))
+    fit = fit_ridge(x, y, alphas=(3.0,), pca=0)
+    mu, sd = x.mean(0), x.std(0)
+    xs, yc = (x - mu) / sd, y - y.mean(0)
+    w = np.linalg.solve(xs.T @ xs + 3.0 * np.eye(shape[1]), xs.T @ yc)
+    expected = (x[:5] - mu) / sd @ w + y.mean(0)
+    assert fit.alpha == 3.0 and np.allclose(predict_ridge(fit, x[:5]), expected, atol=1e-4)

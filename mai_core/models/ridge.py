@@ -30,28 +30,56 @@ def _gene_pcc(y: np.ndarray, p: np.ndarray) -> float:
     return gene_pearson(y, p)[0]
 
 
+def thin_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``u, s, vt`` of ``x`` (n×d) from the eigen-decomposition of its smaller Gram matrix, largest first.
+
+    Ridge needs only the directions that carry variance: components with s below 1e-9 of the largest are
+    dropped (ridge shrinks them to nothing anyway). On a small CPU the Gram route took under a millisecond
+    where LAPACK's SVD of the same 64×1280 matrix took 0.4-1.6 s.
+    """
+    wide = x.shape[0] <= x.shape[1]
+    lam, vecs = np.linalg.eigh(x @ x.T if wide else x.T @ x)
+    order = np.argsort(lam)[::-1]
+    lam, vecs = lam[order], vecs[:, order]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    keep = s > (s[0] if len(s) else 0.0) * 1e-9
+    s, vecs = s[keep], vecs[:, keep]
+    if wide:
+        return vecs, s, (vecs.T @ x) / s[:, None]
+    return (x @ vecs) / s, s, vecs.T
+
+
 def fit_ridge(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray | None = None,
               y_val: np.ndarray | None = None, alphas=DEFAULT_ALPHAS, pca: int = 256) -> RidgeFit:
     """Fit ridge on (features, standardised targets); choose alpha by validation gene PCC.
 
-    Without a validation set, alpha is chosen by leave-one-out error (closed form for ridge).
+    Without a validation set, alpha is chosen by leave-one-out error (closed form for ridge). BLAS runs on one
+    thread here: these matrices are small, and on a busy 2-core machine two BLAS threads made the fit 4-12x
+    slower than one (``bench/train_throughput.py`` prints the fit time).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit(f_train, y_train, f_val, y_val, alphas, pca)
+
+
+def _fit(f_train, y_train, f_val, y_val, alphas, pca) -> RidgeFit:
     f_train = np.asarray(f_train, dtype=np.float64)
     y_train = np.asarray(y_train, dtype=np.float64)
     mu = f_train.mean(0)
     sd = f_train.std(0)
     sd = np.where(sd > 1e-8, sd, 1.0)
     xs = (f_train - mu) / sd
-    proj = np.eye(xs.shape[1])
+    proj = None  # no PCA: the standardised features themselves (no d×d identity product)
     k = 0
     if pca and 0 < pca < min(xs.shape):
-        _, _, vt = np.linalg.svd(xs, full_matrices=False)
+        _, _, vt = thin_svd(xs)
         proj = vt[:pca].T
         k = int(pca)
-    xp = xs @ proj
+    xp = xs if proj is None else xs @ proj
     y_mu = y_train.mean(0)
     yc = y_train - y_mu
-    u, s, vt = np.linalg.svd(xp, full_matrices=False)
+    u, s, vt = thin_svd(xp)
     uty = u.T @ yc
 
     def weights_for(alpha: float) -> np.ndarray:
@@ -59,7 +87,8 @@ def fit_ridge(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray | None
 
     scores: dict[float, float] = {}
     if f_val is not None and y_val is not None and len(f_val) >= 2:
-        xv = ((np.asarray(f_val, dtype=np.float64) - mu) / sd) @ proj
+        xv = (np.asarray(f_val, dtype=np.float64) - mu) / sd
+        xv = xv if proj is None else xv @ proj
         for a in alphas:
             scores[float(a)] = _gene_pcc(np.asarray(y_val, dtype=np.float64), xv @ weights_for(a) + y_mu)
         finite = {a: v for a, v in scores.items() if np.isfinite(v)}
@@ -75,7 +104,7 @@ def fit_ridge(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray | None
         best = max(scores, key=scores.get)
     w_p = weights_for(best)
     # fold standardisation and projection into one affine map on raw features
-    weight = (proj @ w_p) / sd[:, None]
+    weight = (w_p if proj is None else proj @ w_p) / sd[:, None]
     bias = y_mu - mu @ weight
     return RidgeFit(weight=weight.astype(np.float32), bias=bias.astype(np.float32), alpha=float(best),
                     pca=k, scores=scores)
