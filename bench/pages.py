@@ -1,0 +1,252 @@
+"""Page speed in a real browser: first render, revisit and one interaction per page of the app.
+
+    python bench/pages.py [--data DEMO_DIR] [--workspace DIR] [--repeats 2] [--no-run]
+
+Starts ``streamlit run app.py`` on a free localhost port with the demo dataset (generated if ``--data`` is
+not given: 120 train / 40 test tiles, 60 genes) and a workspace holding one tiny trained run (unless
+``--no-run``), opens it in headless Chromium (/usr/bin/chromium, Playwright) and measures, for each page:
+
+- first render: the first visit after the server started (cold caches: everything computed once);
+- revisit: the page opened again in a new tab and reloaded there ``--repeats`` times (warm caches), median;
+- sidebar switch: from Home, a click on the page's sidebar link until the page has settled;
+- interaction: the first slider on the page moved one step with the keyboard, until the rerun settled.
+
+"Settled" means the script is not running, no element is a loading skeleton or spinner, for 0.6 s in a row;
+the times stop at the first of those checks. The baseline, measured in the same run and the same browser,
+is a bare Streamlit page (a title and a line of text) served by a second server: the cost of Streamlit
+itself. Every figure is also printed as a ratio to it, since the machine's load changes from run to run.
+Goals: first render ≤ 3 s, reload ≤ 2 s, slider move ≤ 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHROMIUM = Path("/usr/bin/chromium")
+PAGES = [  # (url path, sidebar link text)
+    ("", "Home"),
+    ("Gene_Correlation", "Gene correlation"),
+    ("Gene_Clusters", "Gene clusters"),
+    ("Augmentation_Lab", "Augmentation lab"),
+    ("Results", "Results"),
+    ("Grad_CAM", "Grad-CAM"),
+]
+STATE_JS = """() => [document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state'),
+    document.querySelectorAll('[data-testid=stSkeleton]').length,
+    document.querySelectorAll('[data-testid=stSpinner]').length,
+    document.querySelectorAll('[data-testid=stMain] [data-testid=stElementContainer]').length]"""
+
+
+def settled_at(page, t0: float, rerun: bool, timeout: float = 300) -> float:
+    """Seconds from ``t0`` until the page settled (see the module docstring)."""
+    if rerun:  # an action was taken: give its rerun up to 3 s to start
+        start = time.time() + 3
+        while time.time() < start and page.evaluate(STATE_JS)[0] != "running":
+            time.sleep(0.02)
+    end = time.time() + timeout
+    first_calm, calm = None, 0
+    while time.time() < end:
+        state, skeletons, spinners, elements = page.evaluate(STATE_JS)
+        if state != "running" and not skeletons and not spinners and elements:
+            first_calm = first_calm or time.time()
+            calm += 1
+            if calm >= 6:
+                return first_calm - t0
+        else:
+            first_calm, calm = None, 0
+        time.sleep(0.1)
+    raise RuntimeError(f"page {page.url} did not settle in {timeout:.0f} s")
+
+
+def load(browser, url: str, repeats: int = 1) -> float:
+    """Open ``url`` in a new browser context (empty HTTP cache); later repeats reload it there: median."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    times = []
+    try:
+        for _ in range(repeats):
+            t0 = time.time()
+            page.goto(url, wait_until="commit")
+            times.append(settled_at(page, t0, rerun=False))
+        return statistics.median(times)
+    finally:
+        ctx.close()
+
+
+def start_server(script: str, env: dict, log) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    end = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
+            return proc, base
+        except OSError:
+            if time.time() > end or proc.poll() is not None:
+                stop(proc)
+                raise SystemExit(f"streamlit run {script} did not start (see {log.name})")
+            time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def switch(browser, base: str, link: str) -> float:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    try:
+        page.goto(base, wait_until="commit")
+        settled_at(page, time.time(), rerun=False)
+        target = page.get_by_test_id("stSidebarNav").get_by_text(link, exact=True)
+        t0 = time.time()
+        target.click()
+        return settled_at(page, t0, rerun=True)
+    finally:
+        ctx.close()
+
+
+def interact(browser, url: str) -> tuple[float | None, str]:
+    """Move the page's first slider one step; (seconds, slider label), or (None, why not)."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    try:
+        page.goto(url, wait_until="commit")
+        settled_at(page, time.time(), rerun=False)
+        sliders = page.get_by_test_id("stMain").get_by_test_id("stSlider")
+        for i in range(sliders.count()):
+            thumb = sliders.nth(i).locator("input[type=range]")
+            if thumb.count() == 0 or thumb.first.is_disabled():
+                continue
+            thumb = thumb.first
+            label = (thumb.get_attribute("aria-label") or "slider").strip()
+            at_max = thumb.input_value() == thumb.get_attribute("max")
+            thumb.focus()
+            t0 = time.time()
+            thumb.press("ArrowLeft" if at_max else "ArrowRight")
+            return settled_at(page, t0, rerun=True), label
+        return None, "no slider"
+    finally:
+        ctx.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(args, tmp: Path) -> tuple[Path, Path]:
+    from mai_core.cli import main as cli
+    from mai_core.data.demo import generate_demo
+
+    data = Path(args.data) if args.data else tmp / "demo"
+    if not args.data:
+        generate_demo(data, n_train=120, n_test=40, n_genes=60, seed=0)
+    ws = Path(args.workspace) if args.workspace else tmp / "workspace"
+    ws.mkdir(parents=True, exist_ok=True)
+    if not args.no_run and not (ws / "runs" / "tiny").exists():
+        os.environ["MAI_WORKSPACE"] = str(ws)
+        t0 = time.time()
+        code = cli(["train", "--data", str(data), "--out", str(ws / "runs" / "tiny"), "--backbone",
+                    "test_efficientnet", "--weights", "random", "--image-size", "64", "--batch-size", "16",
+                    "--workers", "1", "--epochs", "1", "--tta", "off", "--quiet", "--seed", "5"])
+        if code != 0:
+            raise SystemExit("training the tiny run failed")
+        print(f"tiny run trained in {time.time() - t0:.0f} s")
+    return data, ws
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", help="dataset folder (default: a generated demo dataset)")
+    ap.add_argument("--workspace", help="workspace folder (default: a temporary one)")
+    ap.add_argument("--repeats", type=int, default=2, help="revisits per page (median reported)")
+    ap.add_argument("--no-run", action="store_true", help="no trained run (Results and Grad-CAM stay empty)")
+    args = ap.parse_args()
+    if not CHROMIUM.exists():
+        print(f"{CHROMIUM} not found: install Debian's chromium package", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="mai_bench_pages_") as tmp_s:
+        tmp = Path(tmp_s)
+        data, ws = prepare(args, tmp)
+        env = dict(os.environ, MAI_DATA=str(data), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
+                   PYTHONPATH=str(REPO))
+        bare = tmp / "bare.py"
+        bare.write_text('import streamlit as st\n\nst.title("Baseline")\nst.write("A bare Streamlit page.")\n')
+        log = open(tmp / "server.log", "w")
+        rows, baseline = [], []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update"])
+            try:
+                proc, base = start_server(str(bare), env, log)
+                try:
+                    load(browser, base)  # warm the browser itself
+                    baseline.append(load(browser, base, args.repeats))
+                finally:
+                    stop(proc)
+                proc, base = start_server("app.py", env, log)
+                try:
+                    for path, link in PAGES:  # first visits, in sidebar order, on a fresh server
+                        url = f"{base}/{path}"
+                        first = load(browser, url)
+                        print(f"  first render {link}: {first:.2f} s", flush=True)
+                        rows.append({"page": link, "url": url, "first": first})
+                    for row in rows:
+                        row["revisit"] = load(browser, row["url"], args.repeats + 1)  # first of them is a new tab
+                        row["switch"] = switch(browser, base, row["page"]) if row["page"] != "Home" else None
+                        row["interact"], row["slider"] = interact(browser, row["url"])
+                        print(f"  {row['page']}: revisit {row['revisit']:.2f} s", flush=True)
+                finally:
+                    stop(proc)
+                proc, base = start_server(str(bare), env, log)
+                try:
+                    baseline.append(load(browser, base, args.repeats))
+                finally:
+                    stop(proc)
+            finally:
+                browser.close()
+                log.close()
+
+    baseline = statistics.mean(baseline)  # measured before and after the pages
+
+    def cell(v):
+        return "—" if v is None else f"{v:5.2f} s ({v / baseline:4.1f}×)"
+
+    print(f"\nPage times in headless Chromium, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; ratio to the baseline = a bare Streamlit page, {baseline:.2f} s")
+    print(f"{'page':<18} {'first render':>18} {'revisit':>18} {'sidebar switch':>18} {'slider step':>18}  slider")
+    for r in rows:
+        print(f"{r['page']:<18} {cell(r['first']):>18} {cell(r['revisit']):>18} {cell(r['switch']):>18} "
+              f"{cell(r['interact']):>18}  {r['slider']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
