@@ -1,7 +1,10 @@
 """The slide viewer's science without a browser: a 20,000-spot map within the payload budget, layers, spot values,
-and the one place slide predictions live (the CLI default is what the viewer lists)."""
+the one place slide predictions live (the CLI default is what the viewer lists), and the page's form starting a
+prediction as a background job (paths outside the app's folders refused)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +13,8 @@ import pytest
 from mai_core.errors import MaiError
 from mai_core.spatial import (MAX_PAYLOAD, SlideMap, layer_kinds, list_predictions, load_slide_map, map_figure,
                               map_layer, payload_bytes, spot_clusters, spot_values)
+
+PAGE = Path(__file__).resolve().parents[1] / "pages" / "6_Slide_Viewer.py"
 
 
 def _slide_map(n_side: int = 142, genes: int = 30, seed: int = 0, measured: bool = True) -> SlideMap:
@@ -28,7 +33,7 @@ def _slide_map(n_side: int = 142, genes: int = 30, seed: int = 0, measured: bool
     progs = pd.DataFrame({"p1": X[:, :5].mean(1), "p2": X[:, 5:9].mean(1)})
     w = h = int(xy.max() + 200)
     thumb = rng.integers(150, 255, (1000, 1000, 3), dtype=np.uint8)
-    return SlideMap(path=__import__("pathlib").Path("x.h5ad"), ids=np.array([f"s{i}" for i in range(n)]), xy=xy,
+    return SlideMap(path=Path("x.h5ad"), ids=np.array([f"s{i}" for i in range(n)]), xy=xy,
                     genes=names, pcc=pcc, X=X, measured=meas, labels=labels, programmes=progs, thumb=thumb,
                     scale=1000 / w, spot_px=55.0, width=w, height=h, meta={"units": "log1p CPM"})
 
@@ -77,7 +82,7 @@ def test_predict_slide_writes_where_the_viewer_looks_by_default(demo_dir, worksp
     """Without --out, predict-slide writes under the workspace's slides/, which the viewer lists."""
     import sys
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent))
     from _slide_data import tile_slide, write_pyramid
     from mai_core.cli import main
     from mai_core.data import load_dataset
@@ -98,17 +103,33 @@ def test_predict_slide_writes_where_the_viewer_looks_by_default(demo_dir, worksp
     sm = load_slide_map(found[0].path)
     assert sm.n == 6 and sm.spot_patch(0).shape == (224, 224, 3)
     np.testing.assert_array_equal(sm.spot_patch(2), ds.images(indices=[2])[0])
-    # the same prediction as a background job from the queue (what the viewer's form starts)
-    from mai_core.runs import jobs
-    from mai_core.spatial import is_slide_job, submit_slide_job
+    # the same slide as a background job started from the viewer page's form (same queue as training)
+    from streamlit.testing.v1 import AppTest
 
-    with pytest.raises(MaiError, match="cannot start the slide prediction"):
-        submit_slide_job(run, tmp_path / "missing.svs", spawn=False)
-    info = submit_slide_job(run, tmp_path / "s.tif", spots=tmp_path / "p.csv", device="cpu", tta=2, name="bg")
-    assert is_slide_job(info.command) and "--tta" in info.command
-    done = jobs.wait(info.id, timeout_s=240)
+    from mai_core.runs import jobs
+    from mai_core.spatial import is_slide_job
+
+    monkeypatch.setenv("MAI_DATA", str(demo_dir))
+    monkeypatch.setenv("MAI_DATA_ROOTS", str(tmp_path))
+    at = AppTest.from_file(str(PAGE), default_timeout=180).run()
+    assert not at.exception and at.selectbox(key="sv_prediction").value.startswith("tiny-s-")
+    submit = next(b for b in at.button if b.label == "Predict in the background")
+    at.text_input(key="sv_image").input("/etc/hostname")
+    submit.click().run()
+    assert "outside the folders this app reads" in " ".join(e.value for e in at.error) and not jobs.list_jobs()
+    at.text_input(key="sv_image").input(str(tmp_path / "s.tif"))
+    at.text_input(key="sv_spots").input(str(tmp_path / "p.csv"))
+    at.selectbox(key="sv_tta").set_value(2)
+    at.selectbox(key="sv_device").set_value("cpu")
+    next(b for b in at.button if b.label == "Predict in the background").click().run()
+    assert not at.exception and not at.error
+    job_id = at.session_state["sv_follow"]
+    info = jobs.job_info(job_id)
+    assert is_slide_job(info.command) and info.command[info.command.index("--tta") + 1] == "2"
+    done = jobs.wait(job_id, timeout_s=240)
     assert done.state == "finished", (done.state, done.error, jobs.log_tail(done))
     assert done.epoch == done.epochs == 6  # tiles done / total, as the job lists show them
-    bg = load_slide_map(workspace / "slides" / "bg" / "prediction.h5ad")
+    bg = load_slide_map(workspace / "slides" / job_id / "prediction.h5ad")
     assert bg.meta["tta_views"] == 2 and bg.n == 6
-    assert {p.name for p in list_predictions()} == {found[0].name, "bg"}
+    at.run()
+    assert any(o.startswith(job_id) for o in at.selectbox(key="sv_prediction").options)
