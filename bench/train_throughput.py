@@ -8,6 +8,12 @@ naive  : torch DataLoader decoding PNGs every step (per-sample flips on the CPU)
 ours   : mai_core.train (uint8 RAM cache, device-side augmentation, bf16 autocast + channels_last +
          fused AdamW on CUDA), measured from metrics.jsonl of the last epoch.
 frozen : heads on cached embeddings (one-time feature extraction reported separately).
+ridge  : the closed-form ridge solve (PCA + SVD, alpha chosen by leave-one-out) on embeddings of the same
+         count and width.
+layouts: (``--no-variants`` skips it) the engine's CPU settings one at a time, each in its own fresh process
+         (the allocator setting is per process), in interleaved rounds: the plain loop as it ran before
+         (NCHW, the allocator as torch leaves it, float32, torch's thread count), channels_last, channels_last +
+         tuned allocator (the default), + bf16 autocast, one thread, and with ``--compile`` torch.compile.
 Prints images/s and the speed-up ratio measured in the same run.
 """
 
@@ -74,13 +80,15 @@ def naive_images_per_s(data: Path, backbone: str, n: int, bs: int, device: str, 
     return counted / (time.time() - t0)
 
 
-def ours(data: Path, out: Path, backbone: str, n: int, bs: int, device: str, epochs: int, kind: str) -> dict:
+def ours(data: Path, out: Path, backbone: str, n: int, bs: int, device: str, epochs: int, kind: str,
+         runtime: dict | None = None) -> dict:
     from mai_core.runs import read_metrics
     from mai_core.training import resolve_config, train
 
     over = {"data": str(data), "model": {"backbone": backbone, "kind": kind},
             "optim": {"epochs": epochs, "batch_size": bs, "ema": 0.0},
-            "split": {"val_fraction": 0.0}, "runtime": {"device": device}, "predict": {"tta": False}}
+            "split": {"val_fraction": 0.0}, "runtime": {"device": device, **(runtime or {})},
+            "predict": {"tta": False}}
     if kind == "frozen":
         over["frozen"] = {"epochs": max(epochs, 5), "batch_size": bs, "views": 1}
     cfg = resolve_config(over)
@@ -92,6 +100,66 @@ def ours(data: Path, out: Path, backbone: str, n: int, bs: int, device: str, epo
             "total_s": total}
 
 
+# The engine's CPU settings, one at a time: (label, runtime overrides, extra environment).
+# "All cores": torch's own thread count (what the loop used before the thread count followed the load).
+ALL = {"MAI_CPU_THREADS": "all"}
+VARIANTS = [
+    ("plain loop before (NCHW, system alloc, all cores)", {"channels_last": False, "amp": "off"},
+     {"MAI_CPU_ALLOCATOR": "system", **ALL}),
+    ("channels_last", {"channels_last": True, "amp": "off"}, {"MAI_CPU_ALLOCATOR": "system", **ALL}),
+    ("channels_last + tuned allocator", {}, ALL),
+    ("  + threads = idle cores (the default)", {}, {"MAI_CPU_THREADS": "idle"}),
+    ("  + bf16 autocast", {"amp": "bf16"}, {"MAI_CPU_THREADS": "idle"}),
+]
+COMPILE = ("  + torch.compile", {"compile": True}, {})
+
+
+def ridge_solve_s(n: int, dim: int, genes: int, seed: int = 0) -> float:
+    """Seconds of the ridge fit (PCA, SVD, alpha by leave-one-out) on n×dim embeddings and n×genes targets."""
+    from mai_core.models.ridge import fit_ridge
+
+    rng = np.random.default_rng(seed)
+    f, y = rng.standard_normal((n, dim)).astype(np.float32), rng.standard_normal((n, genes)).astype(np.float32)
+    fit_ridge(f, y)  # warm-up (BLAS threads, first-call costs)
+    t0 = time.perf_counter()
+    fit_ridge(f, y)
+    return time.perf_counter() - t0
+
+
+def variant_worker(spec: dict) -> dict:
+    """One engine measurement in this (fresh) process: images/s of the last epoch and the settings applied."""
+    import torch
+
+    o = ours(Path(spec["data"]), Path(spec["out"]), spec["backbone"], spec["n"], spec["bs"], spec["device"],
+             spec["epochs"], "finetune", spec["runtime"])
+    import os as _os
+
+    return {"imgs_per_s": o["imgs_per_s"], "threads": torch.get_num_threads(), "load": _os.getloadavg()[0]}
+
+
+def run_variants(data: Path, tmp: Path, args, dev: str, n: int) -> dict:
+    import json
+    import subprocess
+
+    variants = VARIANTS + ([COMPILE] if args.compile else [])
+    got: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    for r in range(args.rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for i, (label, rt, env) in enumerate(order):
+            spec = {"data": str(data), "out": str(tmp / f"variant-{r}-{i}"), "backbone": args.backbone, "n": n,
+                    "bs": args.batch_size, "device": dev, "epochs": args.epochs, "runtime": rt}
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                  text=True, env=dict(os.environ, **env), timeout=3600)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr[-4000:])
+                raise SystemExit(f"variant '{label.strip()}' failed")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            got[label].append(res["imgs_per_s"])
+            print(f"    round {r + 1}: {label.strip():46s} {res['imgs_per_s']:8.1f} img/s  ({res['threads']} "
+                  f"thread(s), load average {res['load']:.1f})", flush=True)
+    return got
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="MAI dataset (default: a generated demo subset)")
@@ -101,11 +169,21 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--naive-steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the layout comparison")
+    ap.add_argument("--no-variants", action="store_true", help="skip the layout/thread/precision comparison")
+    ap.add_argument("--variants-only", action="store_true", help="only the settings comparison")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes on CPU)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        import json
+
+        print(json.dumps(variant_worker(json.loads(args.worker))))
+        return 0
 
     import torch
 
-    from mai_core.models.backbones import resolve_device
+    from mai_core.device import resolve_device
     from mai_core.data.dataset import load_dataset, write_dataset
 
     dev = str(resolve_device(args.device))
@@ -130,6 +208,10 @@ def main() -> int:
             sub.iloc[i, sub.columns.get_loc("path")] = link.name
         write_dataset(data, sub)
     n = min(args.n, src.n_train)
+    if args.variants_only:
+        print(f"fine-tune settings, {args.backbone}, {n} images, batch {args.batch_size}, each in a fresh process:")
+        report_variants(run_variants(data, tmp, args, dev, n))
+        return 0
     print(f"device {dev} ({torch.get_num_threads()} threads), backbone {args.backbone}, {n} images, "
           f"batch {args.batch_size}")
     naive = naive_images_per_s(data, args.backbone, n, args.batch_size, dev, args.naive_steps)
@@ -146,12 +228,34 @@ def main() -> int:
     train(cfg, tmp / "partial", progress=False)
     part = float(read_metrics(tmp / "partial")["imgs_per_s"].iloc[-1])
     print(f"mai_core train, last 2 stages (--train-blocks 2): {part:8.1f} img/s   (x{part / naive:.2f} vs naive)")
-    t0 = time.time()
     f = ours(data, tmp / "frozen", args.backbone, n, args.batch_size, dev, args.epochs, "frozen")
     print(f"frozen heads on cached features              : {f['imgs_per_s']:8.1f} img/s   "
           f"(epoch {f['epoch_s'] * 1000:.1f} ms vs fine-tune epoch {o['epoch_s'] * 1000:.0f} ms: "
           f"x{o['epoch_s'] / f['epoch_s']:.0f} faster; one-time extraction + heads {f['total_s']:.1f} s)")
+    from mai_core.models.backbones import create_backbone
+
+    dim = int(create_backbone(args.backbone, weights="random")[0].num_features)
+    ridge_s = ridge_solve_s(n, dim, 100)
+    print(f"ridge on cached features ({n}x{dim})          : {ridge_s * 1000:8.1f} ms per fit   "
+          f"(vs fine-tune epoch {o['epoch_s'] * 1000:.0f} ms: x{o['epoch_s'] / ridge_s:.0f} faster)")
+    goal = min(o["epoch_s"] / f["epoch_s"], o["epoch_s"] / ridge_s)
+    print(f"-> frozen and ridge paths are x{goal:.0f} faster per epoch than fine-tuning (goal >= 100x)")
+    if args.no_variants:
+        return 0
+    print(f"\nfine-tune settings, each in a fresh process, {args.rounds} interleaved round(s), last epoch img/s:")
+    report_variants(run_variants(data, tmp, args, dev, n))
     return 0
+
+
+def report_variants(got: dict) -> None:
+    import statistics
+
+    base = statistics.median(got[VARIANTS[0][0]])
+    best = max(got, key=lambda k: statistics.median(got[k]))
+    for label, vals in got.items():
+        med = statistics.median(vals)
+        print(f"  {label:50s}: {med:8.1f} img/s   (x{med / base:.2f} vs the plain loop)")
+    print(f"-> fastest: {best.strip()}")
 
 
 if __name__ == "__main__":

@@ -269,3 +269,15 @@ def test_ridge_thin_svd_and_fit_match_the_textbook_solution(shape):
     w = np.linalg.solve(xs.T @ xs + 3.0 * np.eye(shape[1]), xs.T @ yc)
     expected = (x[:5] - mu) / sd @ w + y.mean(0)
     assert fit.alpha == 3.0 and np.allclose(predict_ridge(fit, x[:5]), expected, atol=1e-4)
+
+
+def test_thread_count_leaves_out_cores_busy_with_other_processes(monkeypatch):
+    from mai_core.models import fastpath
+
+    monkeypatch.setattr(fastpath, "available_cpus", lambda: 4)
+    monkeypatch.delenv("MAI_CPU_THREADS", raising=False)
+    for load, want in ((0.2, 4), (1.6, 2), (3.9, 1), (11.0, 1)):
+        monkeypatch.setattr(fastpath.os, "getloadavg", lambda load=load: (load, load, load))
+        assert fastpath.idle_cpus() == want, load
+    monkeypatch.setenv("MAI_CPU_THREADS", "all")
+    assert fastpath.idle_cpus() == 4

@@ -11,6 +11,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                "ExpressionLoss"),
     "ridge": ("DEFAULT_ALPHAS", "RidgeFit", "fit_ridge", "predict_ridge"),
     "tta": ("MAX_VIEWS", "dihedral_views", "dihedral_view", "dihedral_view_np", "tta_views", "parse_views"),
-    "fastpath": ("available_cpus", "tune_cpu_allocator", "tune_cpu", "prefers_channels_last", "to_float_batch",
-                 "prefetched"),
+    "fastpath": ("available_cpus", "idle_cpus", "tune_cpu_allocator", "tune_cpu", "prefers_channels_last",
+                 "to_float_batch", "prefetched"),
 })
