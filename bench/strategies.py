@@ -353,7 +353,8 @@ def delta(a: dict[int, float], b: dict[int, float]) -> str:
     se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
     rel = d.mean() / np.mean([b[s] for s in common]) * 100
     noise = abs(d.mean()) < 0.01 or (math.isfinite(se) and abs(d.mean()) < 2 * se)
-    return f"{d.mean():+.3f} ({rel:+.1f} %){'  no effect' if noise else ''}"
+    note = "  no effect" if noise else ("  (1 seed)" if len(d) == 1 else "")
+    return f"{d.mean():+.3f} ({rel:+.1f} %){note}"
 
 
 def print_table(work: Path, rows, folds, seeds, labels=None, reference=None) -> None:
