@@ -13,7 +13,8 @@ previous a faithful copy of the predict loop before the fast path (kept below as
          synchronous decoding in chunks of 256, NCHW float batches, every view a fresh tensor, the CPU
          allocator and layout as torch leaves them.
 bare     the network's forward alone on ready float batches of the same size, in NCHW and channels_last,
-         with the allocator as torch leaves it and tuned; the fastest float32 layout is the reference.
+         with the allocator and threads as torch leaves them and as predict tunes them (allocator, idle-core
+         thread count); the fastest float32 layout is the reference.
          (bf16 channels_last is printed for information: it changes the numbers, so predict stays float32.)
 
 Every measurement runs in its own fresh process (the allocator setting is per process), in rounds that
@@ -104,13 +105,13 @@ def worker_predict(kind: str, run: str, csv: str, out: str, tta: int) -> dict:
 def worker_bare(run: str, batch: int, batches: int, tuned: bool) -> dict:
     import torch
 
-    from mai_core.models.fastpath import tune_cpu_allocator
+    from mai_core.models.fastpath import tune_cpu
     from mai_core.models.model import OriginalUnits
     from mai_core.runs.predict import build_run_model
     from mai_core.runs.rundir import RunDir, read_config
 
     if tuned:
-        tune_cpu_allocator()
+        tune_cpu()  # allocator and threads as predict sets them: the reference is the fastest bare forward
     rd = RunDir(run)
     genes = rd.read_genes()
     model = OriginalUnits(build_run_model(rd, read_config(rd), genes)).eval()
@@ -207,7 +208,7 @@ def main() -> int:
         print(f"\nround {r + 1}")
         print(f"  bare forward, allocator as torch leaves it : NCHW {bs_['nchw']:6.1f} img/s   "
               f"channels_last {bs_['channels_last']:6.1f} img/s")
-        print(f"  bare forward, tuned allocator              : NCHW {bt['nchw']:6.1f} img/s   "
+        print(f"  bare forward, tuned allocator + threads    : NCHW {bt['nchw']:6.1f} img/s   "
               f"channels_last {bt['channels_last']:6.1f} img/s   (bf16 channels_last {bt['channels_last_bf16']:6.1f}, "
               f"not used: changes the numbers)")
         print(f"  previous predict (end to end)              : {res['previous']['seconds']:6.2f} s = {prev_fps:6.1f} "
