@@ -2,6 +2,7 @@
 
 Checks the home page shows the dataset, the Results page opens from the navigation, the sidebar
 job list refreshes itself while a job runs, and the server sits idle (near-zero CPU) once nothing runs.
+A fresh server whose first visit is a page URL shows app.py's grouped navigation, not the pages/ folder.
 Set MAI_SCREENSHOT=1 to (re)write assets/app_home.png.
 """
 
@@ -140,3 +141,35 @@ def test_app_in_real_browser(server, demo_dir):
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
+
+
+def test_page_url_loaded_first_shows_the_grouped_navigation(server):
+    """A fresh server whose first visitor opens a page URL directly (a bookmark, a shared link).
+
+    Streamlit routes the first runs by the ``pages/`` folder until the entry point has declared its
+    navigation; the visitor must still get app.py's grouped navigation, on that load and after a rerun.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    headers = ["Data", "Genes", "Models", "Slides"]
+    folder_links = re.compile(r"^(app|Gene Correlation|Grad CAM|Augmentation Lab)$")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server['url']}/Results", wait_until="domcontentloaded")
+            for _ in range(2):  # the first load, then a rerun of the same page
+                expect(page.get_by_role("heading", name=re.compile("Results"))).to_be_visible(timeout=90_000)
+                nav = page.get_by_test_id("stSidebarNav")
+                expect(nav.get_by_test_id("stNavSectionHeader")).to_have_text(
+                    [re.compile(rf"^{h}") for h in headers], timeout=30_000)  # header text + its fold icon
+                links = nav.get_by_test_id("stSidebarNavLink").all_inner_texts()
+                assert [t for t in links if folder_links.match(t.strip())] == [], links
+                assert any("Grad-CAM" in t for t in links), links
+                assert page.url.rstrip("/").endswith("/Results"), page.url
+                page.keyboard.press("r")  # Streamlit's rerun shortcut
+                page.wait_for_timeout(500)
+        finally:
+            browser.close()

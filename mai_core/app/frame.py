@@ -182,11 +182,30 @@ def run_page(page) -> None:
         st.error(UNEXPECTED_ERROR)
 
 
+def _route_through_app_navigation() -> None:
+    """Run a page that Streamlit started from the ``pages/`` folder again, through app.py's navigation.
+
+    Until one session has run app.py's ``st.navigation``, Streamlit routes every run by the ``pages/``
+    folder (its older multipage mode) and does not run app.py at all: on a fresh server, a first visitor
+    who opens a page URL directly gets the folder's flat page list ("app", "Grad CAM", ...) instead of the
+    grouped navigation, for as long as nobody opens the home page. Leaving that mode and rerunning runs
+    app.py, which resolves the same page (Streamlit identifies a page by its URL path, the same in both).
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the folder mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", None):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_setup(title: str, icon: str = "🧬", require_dataset: bool = True) -> MAIDataset | None:
     """Common page header: page config, sidebar dataset chooser and training form.
 
     Returns the loaded dataset; when none can be loaded and ``require_dataset`` is set, stops the page.
     """
+    _route_through_app_navigation()
     st.set_page_config(page_title=f"{title} · MAI", page_icon=icon, layout="wide")
     st.title(title)
     ds = sidebar_dataset()
