@@ -53,5 +53,8 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert row["compiled"]["compile_s"] > 0
     assert res["smoke"]["ok"] and res["smoke"]["state"] == "finished"
     assert res["slide"]["ok"] and res["slide"]["tiles_per_s_1view"] > 0
+    # slide inference is predict_slide end to end over a pyramidal TIFF, not a stream of in-memory tiles
+    assert "predict_slide" in res["slide"]["entry_point"] and res["slide"]["tiles"] > 0
+    assert res["slide"]["overall_tiles_per_s_1view"] > 0 and "pyramidal TIFF" in text
     assert "| test_efficientnet |" in text and "torchrun smoke: ok" in text
     assert "68.7 GFLOPs" in text
