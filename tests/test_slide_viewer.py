@@ -122,7 +122,7 @@ def test_predict_slide_writes_where_the_viewer_looks_by_default(demo_dir, worksp
     at.selectbox(key="sv_tta").set_value(2)
     at.selectbox(key="sv_device").set_value("cpu")
     next(b for b in at.button if b.label == "Predict in the background").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     job_id = at.session_state["sv_follow"]
     info = jobs.job_info(job_id)
     assert is_slide_job(info.command) and info.command[info.command.index("--tta") + 1] == "2"
@@ -133,3 +133,13 @@ def test_predict_slide_writes_where_the_viewer_looks_by_default(demo_dir, worksp
     assert bg.meta["tta_views"] == 2 and bg.n == 6
     at.run()
     assert any(o.startswith(job_id) for o in at.selectbox(key="sv_prediction").options)
+
+
+def test_job_names_never_share_a_folder(tmp_path):
+    """Two predictions of the same slide started within one second get different folders."""
+    from mai_core.spatial import job_name
+
+    first = job_name("runs/tiny", "slides/s.tif", tmp_path)
+    (tmp_path / first).mkdir()
+    second = job_name("runs/tiny", "slides/s.tif", tmp_path)
+    assert second != first and second.startswith("tiny-s-") and not (tmp_path / second).exists()

@@ -50,9 +50,17 @@ def list_predictions(root=None) -> list[SlidePrediction]:
     return sorted(found, key=lambda s: -s.modified)
 
 
-def job_name(run, image) -> str:
+def job_name(run, image, root: Path | None = None) -> str:
+    """``<run>-<slide>-<date>-<time>``, with ``-2``, ``-3``… when a prediction of that name already exists in
+    ``root`` (default :func:`slides_dir`): two predictions started within the same second never share a folder."""
     base = _NAME_RE.sub("-", f"{Path(run).name}-{Path(image).stem}")[:60].strip("-") or "slide"
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(root) if root is not None else slides_dir()
+    taken, n = name, 1
+    while (root / taken).exists():
+        n += 1
+        taken = f"{name}-{n}"
+    return taken
 
 
 def slide_command(run, image, out: Path, status_dir: Path, device: str, spots=None, counts=None, labels=None,
@@ -93,7 +101,7 @@ def submit_slide_job(run, image, spots=None, counts=None, labels=None, mpp: floa
     if problems:
         raise MaiError("cannot start the slide prediction", problems)
     root = slides_dir()
-    name = _NAME_RE.sub("-", name).strip("-") if name else job_name(run, image)
+    name = _NAME_RE.sub("-", name).strip("-") if name else job_name(run, image, root)
     dev = device_name(device)
     folder = root / name
     cmd = slide_command(run, image, folder / PREDICTION_FILE, folder, dev, spots, counts, labels, mpp, grid_um, tta)
