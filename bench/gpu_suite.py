@@ -35,6 +35,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -466,6 +467,7 @@ def main() -> int:
                   f"{'' if res['ok'] else '; ' + res['error']}", flush=True)
 
     total = time.perf_counter() - t_start
+    shutil.rmtree(tmp, ignore_errors=True)  # the synthetic data, runs and slide of this suite
     print(f"\n{table(rows, args.peak_tflops)}\n")
     print(f"training img/s at batch {p['batch_size']}, {p['image_size']} px; % of peak = 3 x forward FLOPs x best img/s "
           f"/ {args.peak_tflops:.0f} TFLOP/s. torchrun smoke: {'ok' if smoke['ok'] else 'FAILED'}. Slide inference: "

@@ -21,12 +21,21 @@ def scorer(device: str) -> A.PerceptualScorer:
     return A.PerceptualScorer(device=device)
 
 
-@st.cache_data(show_spinner="Augmenting the selected images…", max_entries=16)
-def preview(fingerprint: str, root: str, ids: tuple, augs: tuple, seed: int, device: str):
+@st.cache_data(show_spinner=False, max_entries=16)
+def preview_originals(fingerprint: str, root: str, ids: tuple):
     data = ui.cached_dataset(root)
     index = {k: i for i, k in enumerate(data.ids)}
-    images = data.images("train", [index[i] for i in ids])
-    return images, A.preview_pairs(images, list(augs), seed=seed, scorer=scorer(device))
+    return data.images("train", [index[i] for i in ids])
+
+
+def _preview_work(images, augs: tuple, seed: int, sc, report) -> dict:
+    """The preview grid's augmented images and their distances, one augmentation at a time (a count, a cancel)."""
+    shown = {}
+    for i, aug in enumerate(augs):
+        report(i, len(augs), what=aug)
+        shown.update(A.preview_pairs(images, [aug], seed=seed, scorer=sc))
+    report(len(augs), len(augs))
+    return shown
 
 
 def _score_work(ds, n: int, k: int, augs: tuple, seed: int, sc, report) -> A.ScoreReport:
@@ -94,11 +103,25 @@ chosen = c2.multiselect("Augmentations", list(A.AUGMENTATIONS), default=PREVIEW_
 preview_seed = c3.number_input("Seed", min_value=0, value=0, step=1, key="aug_preview_seed")
 
 if picked and chosen:
-    originals, shown = preview(ds.fingerprint, root, tuple(picked), tuple(chosen), int(preview_seed), device)
+    # the perceptual distances take seconds on CPU: measured in the background, kept for reruns
+    originals = preview_originals(ds.fingerprint, root, tuple(picked))
+    preview_key = f"augpreview:{ds.fingerprint}:{'|'.join(picked)}:{'|'.join(chosen)}:{int(preview_seed)}:{device}"
+    preview_task = ui.get_task(preview_key)
+    if preview_task is None:
+        preview_task = ui.start_task(preview_key, "Augmenting and measuring the preview", _preview_work, originals,
+                                     tuple(chosen), int(preview_seed), sc, unit="augmentations")
+    ui.progress_panel(preview_key)
+    shown = preview_task.result if preview_task.ok else None
+    if not preview_task.ok and not preview_task.running and st.button("Preview again", key="aug_preview_again"):
+        ui.forget_task(preview_key)
+        st.rerun()
     for row, key in enumerate(picked):
         cells = st.columns(len(chosen) + 1)
         cells[0].image(originals[row], caption=f"{key} (original)", width="stretch")
         for j, aug in enumerate(chosen):
+            if shown is None:
+                cells[j + 1].caption(f"{aug} · being computed" if preview_task.running else f"{aug} · not computed")
+                continue
             res = shown[aug]
             cells[j + 1].image(res["images"][row], width="stretch",
                                caption=f"{aug} · LPIPS {res['lpips'][row]:.3f} · DINO {res['dino'][row]:.3f}")

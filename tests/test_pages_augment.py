@@ -106,3 +106,47 @@ def test_thresholds_mark_kept_live_without_rescoring_and_policy_saves(demo_dir, 
     assert [it.aug for it in saved.items] == [scored.index[0]]
     listed = [df.value for df in at.dataframe if "source" in getattr(df.value, "columns", [])]
     assert listed and "from_lab" in set(listed[0]["name"])
+
+
+def test_preview_distances_are_measured_in_the_background_once(demo_dir, workspace, tmp_path, monkeypatch):
+    """The first render does not wait for the preview's perceptual distances; reruns reuse them."""
+    import time
+
+    import streamlit as st
+
+    from mai_core.app import tasks
+
+    monkeypatch.setenv("MAI_DATA", str(demo_dir))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(scoring, "dino_weights_path", lambda: None)
+    calls = []
+    real = A.preview_pairs
+
+    def slow_counting(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)  # the render must not wait for this
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(A, "preview_pairs", slow_counting)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    for key in [k for k in list(tasks._TASKS) if k.startswith("augpreview:")]:
+        tasks.forget_task(key)
+
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("being computed" in c.value for c in at.caption)  # originals shown, distances on their way
+    running = [t for k, t in list(tasks._TASKS.items()) if k.startswith("augpreview:")]
+    assert len(running) == 1
+    deadline = time.time() + 120
+    while running[0].running and time.time() < deadline:
+        time.sleep(0.2)
+    assert running[0].ok, running[0].error
+    at.run()
+    captions = [getattr(im, "caption", "") for im in at.get("imgs")]
+    assert not at.exception, at.exception
+    assert len(calls) == 3  # one per default preview augmentation
+    at.run()  # a rerun reuses the measured preview
+    assert len(calls) == 3
+    assert captions is not None

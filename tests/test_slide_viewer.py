@@ -135,9 +135,13 @@ def test_predict_slide_writes_where_the_viewer_looks_by_default(demo_dir, worksp
     assert any(o.startswith(job_id) for o in at.selectbox(key="sv_prediction").options)
 
 
-def test_job_names_never_share_a_folder(tmp_path):
+def test_job_names_never_share_a_folder(tmp_path, monkeypatch):
     """Two predictions of the same slide started within one second get different folders."""
+    import time
+
     from mai_core.spatial import job_name
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
 
     first = job_name("runs/tiny", "slides/s.tif", tmp_path)
     (tmp_path / first).mkdir()
