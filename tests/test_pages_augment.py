@@ -144,9 +144,11 @@ def test_preview_distances_are_measured_in_the_background_once(demo_dir, workspa
         time.sleep(0.2)
     assert running[0].ok, running[0].error
     at.run()
-    captions = [getattr(im, "caption", "") for im in at.get("imgs")]
     assert not at.exception, at.exception
-    assert len(calls) == 3  # one per default preview augmentation
+    captions = [c for im in at.get("image") for c in im.captions]
+    measured = [c for c in captions if " · LPIPS " in c and " · DINO " in c]
+    assert len(measured) == 2 * 3, captions  # two images x the three default preview augmentations
+    assert not any("being computed" in c.value for c in at.caption)
+    assert len(calls) == 3  # one measurement per augmentation
     at.run()  # a rerun reuses the measured preview
     assert len(calls) == 3
-    assert captions is not None
