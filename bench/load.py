@@ -183,6 +183,7 @@ async def run_sessions(url: str, n: int, min_switches: int, duration: float, job
     samples: list = []
     errors: list = []
     job_ended = asyncio.Event()
+    ended_at: list[float] = []
     deadline = time.time() + duration
 
     async def watch_job():
@@ -190,6 +191,7 @@ async def run_sessions(url: str, n: int, min_switches: int, duration: float, job
 
         while time.time() < deadline:
             if not jobs.job_info(job_name).is_active:
+                ended_at.append(time.time())
                 break
             await asyncio.sleep(0.5)
         job_ended.set()
@@ -206,7 +208,7 @@ async def run_sessions(url: str, n: int, min_switches: int, duration: float, job
             await asyncio.gather(*tasks)
         finally:
             await browser.close()
-    return samples, errors
+    return samples, errors, (ended_at[0] if ended_at else None)
 
 
 def percentiles(samples: list) -> tuple[float, float]:
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             alone_s = time.time() - t0
             print(f"baseline job      : {alone.state} in {alone_s:.1f} s, val gene PCC {alone.best_val_gene_pcc}")
             # phase 2: one session, no job
-            base, base_err = asyncio.run(run_sessions(url, 1, 2 * len(PAGES), 120, None, skip_first_round=True))
+            base, base_err, _ = asyncio.run(run_sessions(url, 1, 2 * len(PAGES), 120, None, skip_first_round=True))
             b50, b95 = percentiles(base)
             print(f"baseline session  : {len(base)} switches, p50 {b50:.2f} s, p95 {b95:.2f} s, "
                   f"{len(base_err)} error(s)")
@@ -263,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             jobs_started.append("loaded")
             submit_job(data, "loaded", args.epochs)
-            load, load_err = asyncio.run(run_sessions(url, args.sessions, args.switches, args.duration, "loaded",
+            load, load_err, job_end = asyncio.run(run_sessions(url, args.sessions, args.switches, args.duration, "loaded",
                                                       skip_first_round=False))
             loaded = wait_job("loaded", MAX_DURATION)
-            loaded_s = time.time() - t0
+            # the job's own duration (it may end before the sessions do), not the length of the load phase
+            loaded_s = (job_end if job_end is not None else time.time()) - t0
             l50, l95 = percentiles(load)
             during = [s for s in load if s[2]]
             d50, d95 = percentiles(during)
