@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from mai_core.procs import free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,40 +51,11 @@ MAX_SESSIONS, MAX_DURATION, SWITCH_TIMEOUT_S = 16, 900, 60
 GOAL = "goal: 8 sessions, p95 page switch <= 3 s, zero errors, the job unaffected"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(data: Path, workspace: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def start_app(data: Path, workspace: Path, log_path: Path):
+    """The app with the shipped config on a free port: a context giving (process, url)."""
+    port = free_port()
     env = dict(os.environ, MAI_DATA=str(data), MAI_WORKSPACE=str(workspace), PYTHONPATH=str(REPO))
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    end = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).close()
-            return proc, url
-        except OSError:
-            if time.time() > end or proc.poll() is not None:
-                stop_process(proc)
-                raise SystemExit("the app did not start:\n" + log_path.read_text()[-2000:])
-            time.sleep(0.5)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return serving(streamlit_argv("app.py", port), port, REPO, env, log_path, timeout_s=120)
 
 
 def submit_job(data: Path, name: str, epochs: int):
@@ -244,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
             data = tmp / "demo"
             generate_demo(data, n_train=120, n_test=40, n_genes=60, seed=0)
-        proc, url = start_app(data, tmp / "workspace", tmp / "server.log")
+        server = contextlib.ExitStack()
+        _proc, url = server.enter_context(start_app(data, tmp / "workspace", tmp / "server.log"))
         jobs_started = []
         try:
             print(f"app {url} (shipped config), data {data}, {args.sessions} session(s), pages: "
@@ -296,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for name in jobs_started:
                 stop_job_if_active(name)
-            stop_process(proc)
+            server.close()
     return 0
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from mai_core.procs import free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -87,32 +86,10 @@ def load(browser, url: str, repeats: int = 1) -> float:
         ctx.close()
 
 
-def start_server(script: str, env: dict, log) -> tuple[subprocess.Popen, str]:
+def start_server(script: str, env: dict, log_path: Path):
+    """``streamlit run SCRIPT`` with the shipped settings on a free port: a context giving (process, url)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    end = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
-            return proc, base
-        except OSError:
-            if time.time() > end or proc.poll() is not None:
-                stop(proc)
-                raise SystemExit(f"streamlit run {script} did not start (see {log.name})")
-            time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return serving(streamlit_argv(script, port), port, REPO, env, log_path)
 
 
 def switch(browser, base: str, link: str) -> float:
@@ -151,12 +128,6 @@ def interact(browser, url: str) -> tuple[float | None, str]:
         return None, "no slider"
     finally:
         ctx.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(args, tmp: Path) -> tuple[Path, Path]:
@@ -199,21 +170,16 @@ def main() -> int:
                    PYTHONPATH=str(REPO))
         bare = tmp / "bare.py"
         bare.write_text('import streamlit as st\n\nst.title("Baseline")\nst.write("A bare Streamlit page.")\n')
-        log = open(tmp / "server.log", "w")
         rows, baseline = [], []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update"])
             try:
-                proc, base = start_server(str(bare), env, log)
-                try:
+                with start_server(str(bare), env, tmp / "server.log") as (_proc, base):
                     load(browser, base)  # warm the browser itself
                     baseline.append(load(browser, base, args.repeats))
-                finally:
-                    stop(proc)
-                proc, base = start_server("app.py", env, log)
-                try:
+                with start_server("app.py", env, tmp / "server.log") as (_proc, base):
                     for path, link in PAGES:  # first visits, in sidebar order, on a fresh server
                         url = f"{base}/{path}"
                         first = load(browser, url)
@@ -224,16 +190,10 @@ def main() -> int:
                         row["switch"] = switch(browser, base, row["page"]) if row["page"] != "Home" else None
                         row["interact"], row["slider"] = interact(browser, row["url"])
                         print(f"  {row['page']}: revisit {row['revisit']:.2f} s", flush=True)
-                finally:
-                    stop(proc)
-                proc, base = start_server(str(bare), env, log)
-                try:
+                with start_server(str(bare), env, tmp / "server.log") as (_proc, base):
                     baseline.append(load(browser, base, args.repeats))
-                finally:
-                    stop(proc)
             finally:
                 browser.close()
-                log.close()
 
     baseline = statistics.mean(baseline)  # measured before and after the pages
 

@@ -1,6 +1,9 @@
-"""Process liveness on this machine (used by run status and the job manager), on every operating system."""
+"""Processes on this machine: liveness (run status, the job manager) on every operating system, and starting,
+waiting for and stopping a local web app (tests and benchmarks)."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 
 def process_start_time(pid) -> int | None:
@@ -39,3 +42,65 @@ def process_alive(pid, start_time: int | None = None) -> bool:
     except (psutil.Error, OverflowError, ValueError):
         return False
     return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (on ``host``)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc, wait_s: float = 10.0) -> None:
+    """Terminate a child process, kill it if it has not ended after ``wait_s``, and reap it."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def streamlit_argv(script: str, port: int) -> list[str]:
+    """``streamlit run SCRIPT`` on ``port`` with the repository's shipped server settings (loopback only),
+    without a file watcher."""
+    import sys
+
+    return [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
+            "--server.fileWatcherType", "none"]
+
+
+@contextmanager
+def serving(argv: list[str], port: int, cwd, env: dict, log_path, timeout_s: float = 60.0):
+    """Start a web app (``argv``, e.g. :func:`streamlit_argv`) listening on 127.0.0.1:``port``, wait until its
+    health endpoint answers, yield ``(process, url)``, and always stop it. RuntimeError with the end of its log
+    when it exits or does not answer within ``timeout_s``."""
+    import subprocess
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            end = time.time() + timeout_s
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).close()
+                    break
+                except OSError:
+                    if time.time() > end or proc.poll() is not None:
+                        log.flush()
+                        tail = Path(log_path).read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"the app did not start within {timeout_s:.0f} s:\n{tail}") from None
+                    time.sleep(0.5)
+            yield proc, url
+        finally:
+            stop_process(proc)

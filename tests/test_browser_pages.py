@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mai_core.procs import free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,12 +31,6 @@ SETTLED_JS = """() => [document.querySelector('[data-testid=stApp]')?.getAttribu
     document.querySelectorAll('[data-testid=stSkeleton]').length,
     document.querySelectorAll('[data-testid=stSpinner]').length,
     document.querySelectorAll('[data-testid=stMain] [data-testid=stElementContainer]').length]"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,35 +48,11 @@ def server(demo_dir, tmp_path_factory):
         assert main(["train", "--data", str(demo_dir), "--out", str(ws / "runs" / "tiny"), "--backbone",
                      "test_efficientnet", "--weights", "random", "--image-size", "64", "--batch-size", "16",
                      "--workers", "1", "--epochs", "1", "--tta", "off", "--quiet", "--seed", "5"]) == 0
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MAI_DATA=str(demo_dir), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO))
-    log_path = ws.parent / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > end or proc.poll() is not None:
-                    raise AssertionError("streamlit did not start:\n" + log_path.read_text())
-                time.sleep(0.5)
+    with serving(streamlit_argv("app.py", port), port, REPO, env, ws.parent / "server.log") as (proc, url):
         yield {"url": url, "proc": proc, "ws": ws, "data": demo_dir}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mai_core.procs import free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,45 +41,19 @@ sys.exit(cli.main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def shipped_server(demo_dir, tmp_path_factory):
     psutil = pytest.importorskip("psutil")
     base = tmp_path_factory.mktemp("server")
     (base / "workspace").mkdir()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MAI_DATA=str(demo_dir), MAI_WORKSPACE=str(base / "workspace"), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO))
     for key in [k for k in env if k.startswith("STREAMLIT_")]:  # nothing may override the shipped config
         env.pop(key)
-    log_path = base / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(port)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        end = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > end or proc.poll() is not None:
-                    raise AssertionError("the app did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.5)
-        yield {"proc": proc, "port": port, "log": log_path, "psutil": psutil}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with serving([sys.executable, "-c", LAUNCH, str(port)], port, REPO, env, base / "server.log",
+                 timeout_s=90) as (proc, _url):
+        yield {"proc": proc, "port": port, "log": base / "server.log", "psutil": psutil}
 
 
 def test_shipped_config_listens_on_loopback_only(shipped_server):
