@@ -99,6 +99,33 @@ def evaluate_on(run: Path, test_dir: Path, train_dir: Path) -> dict:
     return {"pcc_top50": float(np.nanmean(per_gene[top])), "pcc_all": float(np.nanmean(per_gene)),
             "n_test": int(test.n_train), "n_genes": int(len(per_gene))}
 
+def tta_sweep(run: Path, test_dir: Path, train_dir: Path, views=(1, 2, 4, 8)) -> dict:
+    """C5 accuracy and prediction time with 1, 2, 4 and 8 dihedral views: is each doubling worth its cost?"""
+    from mai_core.data.dataset import load_dataset
+    from mai_core.metrics import gene_pearson, top_variable_genes
+    from mai_core.runs import load_predictor
+
+    test, train = load_dataset(test_dir), load_dataset(train_dir)
+    images = test.images(indices=range(test.n_train))
+    top = top_variable_genes(train.X, 50)
+    pred = load_predictor(run, device="cpu")
+    pred.predict_images(images[:8], tta=1)  # warm-up
+    out = {}
+    for v in views:
+        t0 = time.perf_counter()
+        p = pred.predict_images(images, tta=v)
+        dt = time.perf_counter() - t0
+        _, per_gene = gene_pearson(test.X, p)
+        out[v] = {"pcc_top50": float(np.nanmean(per_gene[top])), "pcc_all": float(np.nanmean(per_gene)), "time_s": dt}
+    one = out[views[0]]
+    for v in views:
+        r = out[v]
+        print(f"    TTA {v} view(s): top-50 {r['pcc_top50']:.4f} ({r['pcc_top50'] - one['pcc_top50']:+.4f})  "
+              f"all {r['pcc_all']:.4f} ({r['pcc_all'] - one['pcc_all']:+.4f})  predict {r['time_s']:.1f} s "
+              f"({r['time_s'] / one['time_s']:.1f}x one view)", flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(REPO / "workspace" / "bench_her2st"))
@@ -107,6 +134,8 @@ def main() -> int:
     ap.add_argument("--plain", action="store_true", help="also train the plain fine-tune reference (slow)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the results table as JSON")
+    ap.add_argument("--tta-sweep", action="store_true",
+                    help="also predict C5 with 1, 2, 4 and 8 TTA views for every trained run: gain vs time")
     args = ap.parse_args()
     if not (SHARED / "C5.jpg").exists():
         print(f"HER2ST data not found at {SHARED}; nothing to benchmark")
@@ -147,6 +176,8 @@ def main() -> int:
         r = results[name]
         print(f"{name:10s} C5 gene PCC top-50 {r['pcc_top50']:.4f}  all {r['n_genes']} genes {r['pcc_all']:.4f}  "
               f"({r['time_s'] / 60:.1f} min)", flush=True)
+        if args.tta_sweep and name != "ensemble":
+            r["tta"] = tta_sweep(out, test_dir, train_dir)
     base = results.get("ridge", {}).get("pcc_top50")
     print("\nstrategy    top-50 PCC   all-genes PCC   vs ridge (top-50)   minutes")
     for name, r in results.items():

@@ -86,7 +86,7 @@ def test_val_predictions_match_a_reloaded_predictor(run1, demo_dir):
     rows = [ds.ids.index(i) for i in vp["ID"]]
     np.testing.assert_allclose(vp[[f"true:{g}" for g in genes]].to_numpy(), ds.X[rows], rtol=1e-6)
     pred = load_predictor(run1, device="cpu")
-    assert pred.genes == genes and pred.tta_views == 8
+    assert pred.genes == genes and pred.tta_views == 4
     p = pred.predict_images(ds.images("train", rows[:6]))
     assert p.dtype == np.float32 and p.shape == (6, 60)
     np.testing.assert_allclose(p, vp[[f"pred:{g}" for g in genes]].to_numpy()[:6], rtol=1e-4, atol=1e-4)

@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pca", type=int, help="heads predict this many principal components per group (0: off)")
     p.add_argument("--aug-policy", help="augmentation policy name or 'none' (default flips_rot90)")
     p.add_argument("--ema", type=float, help="EMA decay of weights, e.g. 0.99 (0: off)")
-    p.add_argument("--tta", choices=("on", "off"), help="8-view dihedral test-time augmentation at validation/predict")
+    p.add_argument("--tta", choices=("on", "off", "1", "2", "4", "8"),
+                   help="dihedral test-time augmentation at validation/predict: a number of views, on = 8, off = 1 "
+                        "(default 4)")
     blocks = p.add_mutually_exclusive_group()
     blocks.add_argument("--train-blocks", type=int, help="train only the last N backbone stages (-1: all)")
     blocks.add_argument("--freeze-blocks", type=int, help="freeze the first N backbone stages")
@@ -98,7 +100,7 @@ def overrides_from_args(args) -> dict:
     if args.compile:
         o["runtime"]["compile"] = True
     if args.tta is not None:
-        o["predict"]["tta"] = args.tta == "on"
+        o["predict"]["tta"] = {"on": True, "off": False}.get(args.tta) if not args.tta.isdigit() else int(args.tta)
     if args.model == "frozen":  # frozen heads keep their own (longer) schedule; explicit flags apply to it
         o["frozen"] = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                        if v is not None}

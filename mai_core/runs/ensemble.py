@@ -119,14 +119,16 @@ def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True, for
         common = [i for i in frames[0].index if i in ids]
         n_common = len(common)
     cfgs = [read_config(m) for m in members]
-    tta = any((c.get("predict") or {}).get("tta") for c in cfgs)
+    from mai_core.models.tta import tta_views
+
+    tta = max(tta_views(c) for c in cfgs)  # the most views any member was validated with
     config = {
         "kind": "ensemble",
         "weighting": weights,
         "members": [{"path": str(m.path.resolve()), "weight": float(wi), "val_gene_pcc": p,
                      "model": (c.get("model") or {}).get("kind"), "backbone": (c.get("model") or {}).get("backbone")}
                     for m, wi, p, c in zip(members, w, pccs, cfgs)],
-        "predict": {"tta": bool(tta), "batch_size": int(min((c.get("predict") or {}).get("batch_size", 64) for c in cfgs))},
+        "predict": {"tta": int(tta) if tta > 1 else False, "batch_size": int(min((c.get("predict") or {}).get("batch_size", 64) for c in cfgs))},
         "n_genes": len(genes),
         "val_common_ids": n_common,
         "data": cfgs[0].get("data"),

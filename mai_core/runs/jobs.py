@@ -96,7 +96,7 @@ EXTRA_TRAIN_OPTIONS: dict = {
     "--pca": _number(int, 0, 100_000),
     "--aug-policy": _pattern(r"(?!.*\.ya?ml$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a policy name (see the policy list)"),
     "--ema": _number(float, 0, 1),
-    "--tta": _choice("on", "off"),
+    "--tta": _choice("on", "off", "1", "2", "4", "8"),
     "--train-blocks": _number(int, -1, 1000),
     "--freeze-blocks": _number(int, 0, 1000),
     "--image-size": _number(int, 32, 1024),
