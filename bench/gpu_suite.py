@@ -116,16 +116,11 @@ def naive_loop(data: Path, name: str, p: dict, device) -> dict:
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
     ds = load_dataset(data)
-
-    def flip(img):
-        if torch.rand(()) < 0.5:
-            img = img.flip(-1)
-        if torch.rand(()) < 0.5:
-            img = img.flip(-2)
-        return img
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_throughput import random_flips
 
     workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-    dl = DataLoader(ds.torch_dataset("train", None, transform=flip), batch_size=p["batch_size"], shuffle=True,
+    dl = DataLoader(ds.torch_dataset("train", None, transform=random_flips), batch_size=p["batch_size"], shuffle=True,
                     num_workers=workers, drop_last=True, persistent_workers=workers > 0)
     model, _ = build_model({"backbone": name, "head": "linear", "image_size": p["image_size"]}, len(ds.genes), None,
                            weights="random", device=device, quiet=True)

@@ -32,6 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def random_flips(img):
+    """Horizontal and vertical flips, each with probability 1/2 (the naive loops' augmentation)."""
+    import torch
+
+    if torch.rand(()) < 0.5:
+        img = img.flip(-1)
+    if torch.rand(()) < 0.5:
+        img = img.flip(-2)
+    return img
+
+
 def naive_images_per_s(data: Path, backbone: str, n: int, bs: int, device: str, steps: int) -> float:
     import torch
     from torch.utils.data import DataLoader
@@ -43,14 +54,7 @@ def naive_images_per_s(data: Path, backbone: str, n: int, bs: int, device: str, 
     ds = load_dataset(data)
     idx = np.arange(min(n, ds.n_train))
 
-    def flip(img):
-        if torch.rand(()) < 0.5:
-            img = img.flip(-1)
-        if torch.rand(()) < 0.5:
-            img = img.flip(-2)
-        return img
-
-    tds = ds.torch_dataset("train", idx, transform=flip)
+    tds = ds.torch_dataset("train", idx, transform=random_flips)
     dl = DataLoader(tds, batch_size=bs, shuffle=True, num_workers=0, drop_last=True)
     dev = torch.device(device)
     model, _ = build_model({"backbone": backbone, "head": "linear", "image_size": 224}, len(ds.genes), None,
@@ -183,8 +187,8 @@ def main() -> int:
 
     import torch
 
-    from mai_core.device import resolve_device
     from mai_core.data.dataset import load_dataset, write_dataset
+    from mai_core.device import resolve_device
 
     dev = str(resolve_device(args.device))
     tmp = Path(tempfile.mkdtemp(prefix="mai_bench_"))

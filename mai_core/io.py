@@ -85,6 +85,15 @@ def shown_path(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 2:]} ({len(text):,} characters)"
 
 
+def _raise_named(exc: OSError, target: Path):
+    """Re-raise an OS error met while writing ``target``: as our message naming the path when it is one we
+    explain (disk full, permissions, …), else unchanged."""
+    named = _named(exc, target)
+    if named is exc:
+        raise exc
+    raise named from exc
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""
@@ -101,10 +110,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, target)
     except OSError as exc:
-        named = _named(exc, target)
-        if named is exc:
-            raise
-        raise named from exc
+        _raise_named(exc, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -206,10 +212,7 @@ def atomic_dir(target: str | os.PathLike, replaceable: Callable[[Path], bool], w
         else:
             os.replace(tmp, target)
     except OSError as exc:
-        named = _named(exc, target)
-        if named is exc:
-            raise
-        raise named from exc
+        _raise_named(exc, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

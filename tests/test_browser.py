@@ -50,7 +50,7 @@ def _fake_job(ws: Path, name: str, pid: int, state: str = "running") -> Path:
 
     run = ws / "runs" / name
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text("kind: run\nmodel: {backbone: efficientnet_lite0}\n")
+    (run / "config.yaml").write_text("kind: run\nmodel: {backbone: efficientnet_lite0}\noptim: {epochs: 4}\n")
     (run / "status.json").write_text(json.dumps({"state": state, "pid": pid, "epoch": 1, "epochs": 4,
                                                  "progress": 0.3, "eta_s": 90, "started": time.time()}))
     (run / "log.txt").write_text("epoch 1/4\n")

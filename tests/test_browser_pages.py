@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_browser import _fake_job
 
 from mai_core.procs import free_port, serving, streamlit_argv
 
@@ -200,23 +201,6 @@ def test_box_dragged_on_the_correlation_heatmap_selects_its_genes(page, server):
 
 
 # ------------------------------------------------------------------------------------------- Results
-def _fake_running_job(ws: Path, name: str, pid: int) -> Path:
-    """A job record and run folder as the queue and a training process leave them in epoch 1."""
-    from mai_core.procs import process_start_time
-
-    run = ws / "runs" / name
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text("kind: run\nmodel: {backbone: efficientnet_lite0}\noptim: {epochs: 4}\n")
-    (run / "status.json").write_text(json.dumps({"state": "running", "pid": pid, "epoch": 1, "epochs": 4,
-                                                 "progress": 0.3, "eta_s": 90, "started": time.time()}))
-    (run / "log.txt").write_text("epoch 1/4\n")
-    (ws / "jobs").mkdir(exist_ok=True)
-    (ws / "jobs" / f"{name}.json").write_text(json.dumps({
-        "id": name, "run_dir": str(run), "device": "cpu", "argv": ["train"], "state": "running",
-        "queued_at": time.time(), "pid": pid, "pid_start": process_start_time(pid), "started": time.time()}))
-    return run
-
-
 def _row(page, name: str) -> dict[str, str]:
     rows = table_rows(page.get_by_test_id("stDataFrame").first)
     header = rows[0]
@@ -233,7 +217,7 @@ def test_results_shows_a_running_job_in_words_and_refreshes_when_it_ends(page, s
     sleeper = subprocess.Popen(["sleep", "120"])
     run = None
     try:
-        run = _fake_running_job(server["ws"], "busy", sleeper.pid)
+        run = _fake_job(server["ws"], "busy", sleeper.pid)
         open_page(page, server, "Results")
         row = _row(page, "busy")
         assert row["state"] == "running · epoch 1/4", row

@@ -65,16 +65,7 @@ def pearson_along(pred: torch.Tensor, target: torch.Tensor, dim: int, eps: float
 
 def pearson_loss(pred: torch.Tensor, target: torch.Tensor, mode: str = "both") -> torch.Tensor:
     """1 − mean Pearson correlation (0 for a perfect prediction, up to 2)."""
-    if mode not in PEARSON_MODES:
-        raise MaiError(f"unknown Pearson mode {mode!r}", hint=f"use one of {', '.join(PEARSON_MODES)}")
-    parts = []
-    if mode in ("sample", "both") and pred.shape[1] >= 2:
-        parts.append(1 - pearson_along(pred, target, dim=1).mean())
-    if mode in ("gene", "both") and pred.shape[0] >= 2:
-        parts.append(1 - pearson_along(pred, target, dim=0).mean())
-    if not parts:
-        return pred.sum() * 0.0
-    return sum(parts) / len(parts)
+    return weighted_pearson_loss(pred, target, mode)
 
 
 def covariance_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6,
@@ -106,10 +97,8 @@ def covariance_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6,
 
 def weighted_pearson_loss(pred: torch.Tensor, target: torch.Tensor, mode: str = "both",
                           weights: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`pearson_loss` with the per-gene correlations averaged with ``weights`` (G,); the per-sample
-    correlation (across genes) stays unweighted."""
-    if weights is None:
-        return pearson_loss(pred, target, mode)
+    """:func:`pearson_loss` with the per-gene correlations averaged with ``weights`` (G,; None = equal); the
+    per-sample correlation (across genes) stays unweighted."""
     if mode not in PEARSON_MODES:
         raise MaiError(f"unknown Pearson mode {mode!r}", hint=f"use one of {', '.join(PEARSON_MODES)}")
     parts = []
@@ -117,7 +106,7 @@ def weighted_pearson_loss(pred: torch.Tensor, target: torch.Tensor, mode: str = 
         parts.append(1 - pearson_along(pred, target, dim=1).mean())
     if mode in ("gene", "both") and pred.shape[0] >= 2:
         r = pearson_along(pred, target, dim=0)
-        parts.append(1 - (r * weights).sum() / weights.sum().clamp_min(_EPS))
+        parts.append(1 - (r.mean() if weights is None else (r * weights).sum() / weights.sum().clamp_min(_EPS)))
     if not parts:
         return pred.sum() * 0.0
     return sum(parts) / len(parts)
