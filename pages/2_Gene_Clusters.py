@@ -209,7 +209,8 @@ if terms is not None:
     st.caption("Terms close together share many of their genes (distance = 1 − Jaccard overlap among this "
                "dataset's genes). A gene joins the term cluster that holds most of its terms.")
 
-tabs = st.tabs(["Groups", "Choosing K"] if method == "kmeans" else ["Groups"])
+tabs = st.tabs(["Groups", "Choosing K"] if method == "kmeans" else ["Groups"], key="cluster_tab",
+               on_change="rerun")  # "Choosing K" (a k-means scan) is computed only when opened
 with tabs[0]:
     st.dataframe(sizes, key="group_table", hide_index=True, width="stretch",
                  column_config={"group": st.column_config.TextColumn("group", width="medium"),
@@ -221,7 +222,7 @@ with tabs[0]:
         hits = hits[hits["gene"].str.contains(query, case=False, regex=False)]
         st.dataframe(hits, key="member_hits", hide_index=True, width="stretch")
         st.caption(f"{len(hits)} gene(s) match")
-if method == "kmeans":
+if method == "kmeans" and tabs[1].open:
     with tabs[1]:
         scan = _scan(fp, path, seed, k_max)
         kfig = make_subplots(specs=[[{"secondary_y": True}]])

@@ -50,7 +50,7 @@ def val_stamp(run: RunDir) -> int:
 # ---------------------------------------------------------------------------------------------- runs table
 table = results.runs_table()
 if table.empty:
-    st.info("No runs yet. Start one from **Training** in the sidebar (or `python -m mai_core train`).")
+    st.info("No runs yet. Start one from **Training → New training run** in the sidebar (or `python -m mai_core train`).")
     st.stop()
 
 shown, shown_config = ui.runs_view(table, {n: (cached_test_score(p, ds.fingerprint) or {}).get("gene_pcc_mean")

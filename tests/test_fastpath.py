@@ -272,12 +272,44 @@ def test_ridge_thin_svd_and_fit_match_the_textbook_solution(shape):
 
 
 def test_thread_count_leaves_out_cores_busy_with_other_processes(monkeypatch):
+    from mai_core import device
     from mai_core.models import fastpath
 
-    monkeypatch.setattr(fastpath, "available_cpus", lambda: 4)
+    assert fastpath.idle_cpus is device.idle_cpus  # one count for models and the rest of the library
+    monkeypatch.setattr(device, "available_cpus", lambda: 4)
     monkeypatch.delenv("MAI_CPU_THREADS", raising=False)
     for load, want in ((0.2, 4), (1.6, 2), (3.9, 1), (11.0, 1)):
-        monkeypatch.setattr(fastpath.os, "getloadavg", lambda load=load: (load, load, load))
-        assert fastpath.idle_cpus() == want, load
+        monkeypatch.setattr(device.os, "getloadavg", lambda load=load: (load, load, load))
+        assert device.idle_cpus() == want, load
     monkeypatch.setenv("MAI_CPU_THREADS", "all")
-    assert fastpath.idle_cpus() == 4
+    assert device.idle_cpus() == 4
+
+
+def test_native_pools_follow_the_number_asked_for():
+    from threadpoolctl import threadpool_info
+
+    from mai_core import device
+
+    before = device.cap_native_pools()
+    try:
+        for n in (1, 2, 1):
+            assert device.cap_native_pools(n) == n
+            pools = threadpool_info()
+            assert pools, "numpy's BLAS or scikit-learn's OpenMP should be loaded"
+            assert all(p["num_threads"] == n for p in pools), pools
+    finally:
+        device.cap_native_pools(before)
+
+
+def test_no_gpu_device_node_means_no_cuda_without_importing_torch(monkeypatch):
+    from mai_core import device
+
+    monkeypatch.setattr(device.sys, "platform", "linux")
+    monkeypatch.setattr(device.os, "listdir", lambda path: ["null", "tty0", "nvidiactl"])
+    assert device._no_gpu_device_nodes()
+    monkeypatch.setattr(device.os, "listdir", lambda path: ["null", "nvidia0", "nvidiactl"])
+    assert not device._no_gpu_device_nodes()
+    monkeypatch.setattr(device.os, "listdir", lambda path: ["dxg"])
+    assert not device._no_gpu_device_nodes()
+    monkeypatch.setattr(device.sys, "platform", "win32")
+    assert not device._no_gpu_device_nodes()  # elsewhere torch is asked

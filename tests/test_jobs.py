@@ -236,3 +236,21 @@ def test_jobs_on_different_devices_run_side_by_side(workspace, fake_train):
     # each device has its own queue: both run at the same time
     _wait_for(lambda: jobs.job_info("on-cpu").state == "running" and jobs.job_info("on-gpu").state == "running")
     assert jobs.wait("on-cpu", 30).state == "finished" and jobs.wait("on-gpu", 30).state == "finished"
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no process priorities on this system")
+@pytest.mark.parametrize("setting, lower", [(None, 10), ("0", 0), ("25", 19)])
+def test_jobs_run_at_a_lower_cpu_priority_than_the_app(workspace, fake_train, monkeypatch, setting, lower):
+    """A job yields the cores to the app's pages: it runs MAI_JOB_NICE (default 10) steps lower."""
+    if setting is None:
+        monkeypatch.delenv("MAI_JOB_NICE", raising=False)
+    else:
+        monkeypatch.setenv("MAI_JOB_NICE", setting)
+    probe = fake_train.parent / "probe.py"
+    probe.write_text(fake_train.read_text().replace('print("epoch", e, flush=True)',
+                                                    'print("epoch", e, "nice", os.nice(0), flush=True)'))
+    name = f"nice{lower}"
+    _submit(workspace, probe, name, epochs=1, step=0.01)
+    assert jobs.wait(name, timeout_s=30).state == "finished"
+    log = (workspace / "runs" / name / "log.txt").read_text()
+    assert f"epoch 1 nice {min(19, os.nice(0) + lower)}" in log, log

@@ -34,10 +34,15 @@ def app_env(demo_dir, workspace, monkeypatch):
     return workspace
 
 
-def _page() -> AppTest:
+def _page(open_form: bool = False) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=90)
     at.run()
     assert not at.exception, at.exception
+    if open_form:  # the sidebar's training form is drawn once the user opens it
+        assert not [w for w in at.slider if w.key == "train_alpha"]
+        at.session_state["train_form_open"] = True
+        at.run()
+        assert not at.exception, at.exception
     return at
 
 
@@ -60,7 +65,7 @@ def _fake_run(root: Path, name: str, y, pred, genes, state="finished", kind="run
 
 
 def test_results_page_without_runs_explains_what_to_do(app_env):
-    at = _page()
+    at = _page(open_form=True)
     assert any("No runs yet" in i.value for i in at.info)
     assert at.session_state[REFRESH_KEY] is None  # nothing running: the job list does not auto-refresh
     assert any(b.label == "Start" for b in at.button)
@@ -98,7 +103,7 @@ def test_results_page_shows_runs_metrics_and_structure(app_env):
 
 
 def test_bad_loss_weights_are_refused_in_the_form(app_env):
-    at = _page()
+    at = _page(open_form=True)
     at.slider(key="train_alpha").set_value(0.8)
     at.slider(key="train_beta").set_value(0.5)
     at.button(key="train_start").click().run()
@@ -118,7 +123,7 @@ def _wait(pred, timeout, poll=0.5):
 
 @pytest.mark.slow
 def test_sidebar_job_runs_to_completion_and_appears_in_results(app_env):
-    at = _page()
+    at = _page(open_form=True)
     at.selectbox(key="train_backbone").set_value("efficientnet_lite0")
     at.number_input(key="train_epochs").set_value(1)
     at.number_input(key="train_batch_size").set_value(16)

@@ -171,7 +171,12 @@ def run_page(page) -> None:
 
     The details of an unexpected error (type, text, traceback) go to the server's console only: they can
     name files and contents of the machine the app runs on. Streamlit's own stop/rerun signals pass through.
+    The native thread pools (BLAS, OpenMP) are first capped at the idle cores: sessions run their pages in
+    parallel threads of one process, on a machine that may be busy training.
     """
+    from mai_core.device import cap_native_pools
+
+    cap_native_pools()
     try:
         page.run()
     except MaiError as exc:
@@ -180,6 +185,41 @@ def run_page(page) -> None:
         print(f"unexpected error on page {getattr(page, 'title', '?')!r}:", file=sys.stderr)
         traceback.print_exc()
         st.error(UNEXPECTED_ERROR)
+    warm_imports()
+
+
+# The libraries the other pages need, heaviest last (seconds to import on a 2-core machine: scikit-learn 2,
+# torch 1.5, timm 2, umap with numba 2). Imported once per server process, after the first page has been
+# drawn, so the first visit of every other page does not wait for them.
+WARM_MODULES = ("plotly.express", "plotly.subplots", "scipy.cluster.hierarchy", "sklearn.decomposition",
+                "sklearn.cluster", "sklearn.metrics", "torch", "timm", "umap")
+_WARM: dict = {}
+
+
+def warm_imports(modules=WARM_MODULES) -> None:
+    """Import ``modules`` in a background thread of low priority, once per process (after the page that
+    calls this has been drawn). A module that fails to import is skipped: the page that needs it reports it."""
+    import threading
+
+    if _WARM.get("started") or os.environ.get("MAI_APP_WARM", "1") == "0":
+        return
+    _WARM["started"] = True
+
+    def work() -> None:
+        import importlib
+
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # this thread only (Linux)
+        except (AttributeError, OSError):
+            pass
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                continue
+        _WARM["done"] = True
+
+    threading.Thread(target=work, name="mai-warm-imports", daemon=True).start()
 
 
 def _route_through_app_navigation() -> None:

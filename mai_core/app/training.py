@@ -77,12 +77,15 @@ def _fmt_eta(s) -> str:
 
 
 def _training_form(ds) -> None:
-    backbones = backbone_choices()
-    names = [b[0] for b in backbones]
-    descriptions = dict(backbones)
-    groupings = grouping_choices()
-    policies = policy_choices(str(ds.root))
-    with st.expander("New training run", expanded=False):
+    # drawn only while open: its choices (backbones, devices, policies) cost time the page need not spend
+    with st.expander("New training run", expanded=False, key="train_form_open", on_change="rerun") as box:
+        if not box.open:
+            return
+        backbones = backbone_choices()
+        names = [b[0] for b in backbones]
+        descriptions = dict(backbones)
+        groupings = grouping_choices()
+        policies = policy_choices(str(ds.root))
         with st.form("mai_train_form", border=False):
             st.caption(f"Dataset: **{Path(ds.root).name}** — {len(ds.ids)} training patches, "
                        f"{len(ds.genes)} genes")

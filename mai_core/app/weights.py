@@ -95,10 +95,16 @@ def _offline_hint(name: str) -> None:
 
 
 def weights_panel(ds) -> None:
-    """Sidebar: every backbone's weight status and licence; pull the missing ones as background jobs."""
-    rows = [r for r in weight_rows() if r["kind"] != "metric"]
-    ready = sum(r["state"] in ("stored", "hand-placed", "local") for r in rows)
-    with st.expander(f"Backbone weights ({ready}/{len(rows)} here)", expanded=False):
+    """Sidebar: every backbone's weight status and licence; pull the missing ones as background jobs.
+
+    Drawn only while open: the status of every backbone needs timm's registry (about 2 s to import)."""
+    with st.expander("Backbone weights and licences", expanded=False, key="weights_panel_open",
+                     on_change="rerun") as box:
+        if not box.open:
+            return
+        rows = [r for r in weight_rows() if r["kind"] != "metric"]
+        ready = sum(r["state"] in ("stored", "hand-placed", "local") for r in rows)
+        st.caption(f"{ready} of {len(rows)} backbones have their weights on this machine.")
         for r in rows:
             gated = " · gated" if r["gated"] else ""
             st.markdown(f"{STATE_ICON.get(r['state'], '')} **{r['name']}** — {STATE_TEXT.get(r['state'], r['state'])}"

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mai_core import genes as G
     from mai_core.data.dataset import load_dataset
+    from mai_core.device import cap_native_pools
 
+    cap_native_pools()  # as many BLAS/OpenMP threads as there are idle cores
     method = str(args.method).strip().lower()
     if method not in METHODS:
         raise _fail(f"unknown gene clustering method '{args.method}'", "--method", f"got '{args.method}'",

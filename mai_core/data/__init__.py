@@ -1,8 +1,8 @@
 """Data: reading patches and slides into the MAI dataset format, validating it, the embedded demo.
 
-``images`` (patch files, RAM cache), ``dataset`` (the MAI CSV format, validation), ``stfiles`` (spot and
-count tables), ``slideimage`` (full-resolution H&E images, patches), ``wsi`` (whole-slide readers, regions on
-demand), ``mpp`` (resolution), ``positions`` (spot/tile centres), ``sections`` + ``visium`` / ``hest`` /
+``images`` (patch files, RAM cache), ``dataset`` (the MAI CSV format, validation), ``checked`` (images
+known to decode), ``stfiles`` (spot and count tables), ``slideimage`` (full-resolution H&E images,
+patches), ``wsi`` (whole-slide readers, regions on demand), ``mpp`` (resolution), ``positions`` (spot/tile centres), ``sections`` + ``visium`` / ``hest`` /
 ``anndata_io`` (sections of every format, checked alike), ``importer`` (sections → patches + expression),
 ``demo`` and ``tissue`` (synthetic H&E with planted gene modules),
 ``units`` (what the expression values are, and the known truth of a split).

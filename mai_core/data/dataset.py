@@ -24,6 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from mai_core.errors import MaiError, Problem
+from mai_core.data import checked
 from mai_core.data.images import PATCH_SIZE, load_image, load_images
 from mai_core.io import check_path_text, shown_path
 
@@ -180,7 +181,8 @@ def _check_path(root: Path, rel: str, where: str, problems: list[Problem], check
         return
     try:
         full = (root / pure).resolve()
-        if ".." in pure.parts or not full.is_relative_to(root.resolve()):
+        folder = root.resolve()
+        if ".." in pure.parts or not full.is_relative_to(folder):
             problems.append(Problem(where, f"path '{shown}' escapes the dataset folder",
                                     "keep images inside the dataset folder; remove '..' from paths"))
             return
@@ -194,6 +196,12 @@ def _check_path(root: Path, rel: str, where: str, problems: list[Problem], check
         return
     if not check_images:
         return
+    try:
+        st = full.stat()
+    except OSError:
+        st = None
+    if st is not None and checked.known_good(folder, full, st):
+        return  # decoded fine before and unchanged since (see mai_core.data.checked)
     try:
         with Image.open(full) as im:
             size, mode = im.size, im.mode
@@ -212,6 +220,8 @@ def _check_path(root: Path, rel: str, where: str, problems: list[Problem], check
     if mode != "RGB":
         problems.append(Problem(where, f"image '{shown}' has mode {mode}, expected RGB",
                                 "convert it to 3-channel RGB"))
+    if st is not None and size == (PATCH_SIZE, PATCH_SIZE) and mode == "RGB":
+        checked.remember_good(folder, full, st)
 
 
 def collect_problems(root: str | os.PathLike, check_images: bool = True) -> tuple[list[Problem], pd.DataFrame | None, pd.DataFrame | None]:
@@ -236,6 +246,8 @@ def collect_problems(root: str | os.PathLike, check_images: bool = True) -> tupl
             continue
         for r, rel in enumerate(df[PATH_COL].tolist()):
             _check_path(root, rel if isinstance(rel, str) else "", f"{root / name} row {r + 2}", problems, check_images)
+    if check_images:
+        checked.save(root.resolve())
     if train is not None and test is not None:
         train_genes = [c for c in train.columns if c not in (ID_COL, PATH_COL) and c not in META_COLUMNS]
         test_genes = [c for c in test.columns if c not in (ID_COL, PATH_COL) and c not in META_COLUMNS]
@@ -373,6 +385,8 @@ def read_id_path_csv(csv_path: str | os.PathLike, check_images: bool = True) -> 
         for r, rel in enumerate(df[PATH_COL].tolist()):
             _check_path(csv_path.parent, rel if isinstance(rel, str) else "", f"{csv_path} row {r + 2}",
                         problems, check_images)
+        if check_images:
+            checked.save(csv_path.parent.resolve())
     if problems:
         raise MaiError(f"{csv_path} cannot be used for prediction: {len(problems)} problem(s)", problems)
     return df.reset_index(drop=True), [csv_path.parent / p for p in df[PATH_COL]]

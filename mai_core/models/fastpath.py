@@ -21,31 +21,17 @@ Measured on a 2-core AMD EPYC (Zen 4) with EfficientNet-Lite0 (``bench/predict_t
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import sys
 import threading
 from typing import Callable, Iterable, Iterator
 
+from mai_core.device import available_cpus, idle_cpus  # noqa: F401  (part of this module's face)
+
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4        # glibc mallopt parameters (malloc.h)
 _TUNED: dict = {}
 _LOCK = threading.Lock()
-
-
-def available_cpus() -> int:
-    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota when one is set."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 def tune_cpu_allocator() -> bool:
@@ -69,19 +55,6 @@ def tune_cpu_allocator() -> bool:
                     ok = False
         _TUNED["allocator"] = ok
         return ok
-
-
-def idle_cpus() -> int:
-    """Usable cores not already busy with other processes: :func:`available_cpus` minus the 1-minute load
-    average (rounded), at least 1. ``MAI_CPU_THREADS=all`` ignores the load."""
-    n = available_cpus()
-    if os.environ.get("MAI_CPU_THREADS", "").lower() == "all":
-        return n
-    try:
-        busy = int(round(os.getloadavg()[0]))
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, min(n, n - busy))
 
 
 def tune_cpu(threads: int | None = None) -> dict:

@@ -77,6 +77,27 @@ def spawn_runner(device: str) -> int:
     return proc.pid
 
 
+def job_nice() -> int:
+    """How much lower than the app's the CPU priority of a job is: ``MAI_JOB_NICE`` (0–19), 10 by default.
+
+    A job shares the CPU cores with the app that started it; at a lower priority it takes every core the app
+    and its users leave idle, and gives them back as soon as a page has work to do, so pages stay responsive
+    while a model trains. It changes nothing on a machine with cores to spare (or for the GPU's own work).
+    """
+    try:
+        return min(19, max(0, int(os.environ.get("MAI_JOB_NICE", "10"))))
+    except ValueError:
+        return 10
+
+
+def _lower_priority() -> None:
+    """Runs in the job's process before it starts (the queue runner has no other threads)."""
+    try:
+        os.nice(job_nice())
+    except OSError:
+        pass
+
+
 def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -138,7 +159,8 @@ def _run_one(rec: dict) -> None:
         log.flush()
         try:
             proc = subprocess.Popen(rec["argv"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, env=child_env())
+                                    start_new_session=True, close_fds=True, env=child_env(),
+                                    preexec_fn=_lower_priority if hasattr(os, "nice") else None)
         except OSError as exc:
             update_record(rec["id"], state="done", returncode=-1, ended=time.time(),
                            launch_error=f"could not start the training process: {exc}")
