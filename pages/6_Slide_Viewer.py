@@ -48,10 +48,13 @@ def figure(path: str, mtime: int, kind: str, name: str | None, k: int, side_by_s
            scale: str, outline: bool, shared: bool):
     sm = load_map(path, mtime)
     layer = spatial.map_layer(sm, kind, name, clusters(path, mtime, k) if kind == "cluster" else None)
+    both = side_by_side and layer.measured is not None
     fig = spatial.map_figure(sm, layer.values, layer.title, layer.unit,
                              measured=layer.measured if side_by_side else None, categorical=layer.categorical,
                              opacity=opacity, colorscale=scale, outline_labels=outline, shared_range=shared,
-                             thumb_uri=thumb_uri(path, mtime))
+                             thumb_uri=thumb_uri(path, mtime),
+                             agreement=spatial.section_agreement(sm, name) if both else None,
+                             measured_title=f"{name} — measured" if both else None)
     return fig, spatial.payload_bytes(fig)
 
 
@@ -238,8 +241,14 @@ except MaiError as exc:
     st.stop()
 event = st.plotly_chart(fig, width="stretch", key="sv_map", on_select="rerun", selection_mode="points",
                         config={"scrollZoom": True, "displaylogo": False})
-st.caption(f"Drag to pan, scroll to zoom (in the browser: nothing is recomputed); click a spot to inspect it. "
-           f"Map payload {size / 1e6:.2f} MB.")
+if kind == "gene" and has_measured:
+    r_sec, n_sec = spatial.section_agreement(sm, name)
+    if np.isfinite(r_sec):
+        r_val = sm.pcc[sm.gene_index(name)]
+        st.markdown(f"**{name} on this section:** Pearson r **{r_sec:.2f}** between predicted and measured over "
+                    f"{n_sec:,} spots" + (f" (the run's validation r: {r_val:.2f})" if np.isfinite(r_val) else ""))
+st.caption(f"{spatial.spot_scale_note(sm)} Drag to pan, scroll to zoom (in the browser: nothing is recomputed); "
+           f"click a spot to inspect it. Map payload {size / 1e6:.2f} MB.")
 
 # ---------------------------------------------------------------------------------------------- the clicked spot
 points = (event or {}).get("selection", {}).get("points", []) if event else []
@@ -262,17 +271,20 @@ except MaiError as exc:
     ui.show_error(exc)
     st.stop()
 c_img, c_tab = st.columns([1, 2])
-c_img.image(patch, caption=f"patch the model saw ({patch.shape[1]} px"
+tile_um = f" = {int(meta.get('read_px', patch.shape[1])) * float(meta['slide_mpp']):.0f} µm" \
+    if meta.get("slide_mpp") else ""
+c_img.image(patch, caption=f"patch the model saw ({patch.shape[1]} px{tile_um}"
             + (f", {meta['read_px']} px read off the slide)" if meta.get("resampled") else ")"), width="stretch")
+unit = spatial.short_units(sm.units)
 label = f" · pathologist label: **{sm.labels[i]}**" if sm.labels is not None and sm.labels[i] else ""
 c_tab.markdown(f"centre ({sm.xy[i, 0]:.0f}, {sm.xy[i, 1]:.0f}) px{label} · values in {sm.units}")
 if chosen:
-    table = spatial.spot_values(sm, i, chosen)
-    c_tab.dataframe(table, hide_index=True, width="stretch",
-                    column_config={c: ui_col for c, ui_col in (
-                        ("predicted", st.column_config.NumberColumn(format="%.3f")),
-                        ("measured", st.column_config.NumberColumn(format="%.3f", help="— : not measured")),
-                        ("validation r", st.column_config.NumberColumn(format="%.2f")))})
+    table = spatial.spot_table(sm, i, chosen)
+    c_tab.dataframe(table, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.2f" if c == "validation r" else "%.3f",
+                                         help="the run's validation Pearson r for the gene"
+                                         if c == "validation r" else sm.units)
+        for c in table.columns if table[c].dtype.kind == "f"})
 if not chosen:
     st.stop()
 run_path = str(meta.get("run") or "")
@@ -287,9 +299,9 @@ except MaiError as exc:
     st.stop()
 st.image(explain.colorbar(explain.DEFAULT_COLORMAP, 400, 14), caption="Grad-CAM: low → high (each map to its own "
          "maximum)", width=400)
-cols = st.columns(min(4, len(chosen)))
+cols = st.columns(4)  # one map stays patch-sized, however few genes are chosen
 for k_gene, gene in enumerate(chosen):
     with cols[k_gene % len(cols)]:
         st.image(explain.overlay(patch, maps[k_gene], 0.6, explain.DEFAULT_COLORMAP, weighted=True),
                  caption=f"Grad-CAM {gene}", width="stretch")
-        st.caption(f"model output {predicted[k_gene]:.3f} (one view)")
+        st.caption(f"model output {predicted[k_gene]:.3f} {unit} (one view)")

@@ -78,6 +78,41 @@ def _click_spot(page, i: int) -> None:
     page.mouse.click(x, y)
 
 
+# where the chart's parts landed on screen: colour bars, their titles, panel titles, the toolbar, the second panel
+LAYOUT = """() => {
+  const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+  const r = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+  const box = gd.getBoundingClientRect(), fl = gd._fullLayout;
+  return {bars: [...gd.querySelectorAll('g.colorbar')].map(r),
+          units: [...gd.querySelectorAll('g.colorbar .cbtitle')].map(e => e.textContent),
+          titles: [...gd.querySelectorAll('g.annotation')].map(r),
+          toolbar: r(gd.querySelector('.modebar-container .modebar')),
+          panel2: fl.xaxis2 ? box.left + fl.xaxis2._offset : null,
+          unselected: gd._fullData.filter(t => t.customdata).map(t => t.unselected.marker.opacity)};
+}"""
+
+
+def _layout(page) -> dict:
+    page.get_by_test_id("stPlotlyChart").first.hover()  # the toolbar shows while the pointer is on the chart
+    page.wait_for_timeout(300)
+    return page.evaluate(LAYOUT)
+
+
+def _assert_readable(page, unit: str) -> None:
+    """Colour bars titled with the short unit; the toolbar covers no panel title; a colour bar (with its title)
+    stays out of the next panel."""
+    got = _layout(page)
+    assert got["units"] and set(got["units"]) == {unit}, got["units"]
+    assert got["titles"], "every panel has a title"
+
+    def overlap(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    assert not any(overlap(got["toolbar"], t) for t in got["titles"]), got
+    if got["panel2"] is not None:
+        assert got["bars"][0][2] <= got["panel2"], got
+
+
 def _map_is_drawn(page, expect) -> None:
     chart = page.get_by_test_id("stPlotlyChart").first
     expect(chart).to_be_visible(timeout=90_000)
@@ -104,13 +139,22 @@ def test_slide_viewer_in_real_browser(server, demo_dir, tmp_path):  # noqa: F811
         if real:  # newest first: the real section
             expect(picker).to_have_value(re.compile(r"^C5 · "), timeout=30_000)
             _map_is_drawn(page, expect)
-            expect(page.get_by_text(re.compile(r"— measured$")).first).to_be_visible(timeout=30_000)
+            # the measured panel says how far the two maps agree on this section, and so does a line below
+            expect(page.get_by_text(re.compile(r"— measured · r -?\d\.\d\d with predicted \(18\d spots\)$")).first
+                   ).to_be_visible(timeout=30_000)
+            expect(page.get_by_text(re.compile(r"on this section: Pearson r -?\d\.\d\d between predicted and "
+                                               r"measured over 18\d spots")).first).to_be_visible()
             expect(page.get_by_text(re.compile(r"18\d spots · 12 genes"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"Each dot is one spot \(Ø 100 µm\); the model read the 154 µm")
+                                    ).first).to_be_visible()
+            _assert_readable(page, "log1p(counts per 10k)")
             picker.click()
             page.get_by_role("option", name=re.compile(r"^demo · ")).click()
         expect(picker).to_have_value(re.compile(r"^demo · "), timeout=30_000)
         _map_is_drawn(page, expect)
         expect(page.get_by_text("30 spots · 60 genes", exact=False)).to_be_visible(timeout=30_000)
+        expect(page.get_by_text(re.compile(r"Each dot is one spot \(Ø 112 µm\)")).first).to_be_visible()
+        _assert_readable(page, "training-table units")
         heading = page.get_by_role("heading", name=f"Spot {ids[4]}")
         for attempt in range(3):  # a click that lands while the map is still being replaced is lost: click again
             _click_spot(page, 4)
@@ -121,7 +165,17 @@ def test_slide_viewer_in_real_browser(server, demo_dir, tmp_path):  # noqa: F811
                 if attempt == 2:
                     raise
         expect(page.get_by_text("pathologist label: tumour", exact=False)).to_be_visible()
+        # the map keeps its colours after the click (Plotly would fade every other spot)
+        assert _layout(page)["unselected"] == [pytest.approx(0.8)], "unselected spots keep the map's opacity"
+        expect(page.get_by_text("patch the model saw (224 px = 112 µm)")).to_be_visible()
+        # units in the value headers; no empty "measured" column when the section has no counts
+        headers = page.get_by_test_id("stDataFrame").first.locator("th")
+        expect(headers.first).to_be_attached(timeout=30_000)
+        assert headers.all_text_contents() == ["gene", "predicted, training-table units", "validation r"]
         cam = page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r"^Grad-CAM "))
         expect(cam.first).to_be_visible(timeout=90_000)
+        expect(page.get_by_text(re.compile(r"^model output -?\d+\.\d{3} training-table units"))).to_be_visible()
+        cam_image = page.get_by_test_id("stImage").filter(has=cam.first)
+        assert cam_image.bounding_box()["width"] <= 400, "one gene's Grad-CAM stays patch-sized"
         assert page.get_by_text("Traceback").count() == 0
         browser.close()

@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "library": ("PREDICTION_FILE", "slides_dir", "SlidePrediction", "list_predictions", "submit_slide_job",
                 "slide_command", "is_slide_job", "job_name"),
     "viewer": ("MAX_PAYLOAD", "SlideMap", "load_slide_map", "spot_clusters", "thumbnail_uri", "robust_range",
-               "map_figure", "payload_bytes", "LAYER_KINDS", "MapLayer", "layer_kinds", "map_layer", "spot_values"),
+               "map_figure", "payload_bytes", "LAYER_KINDS", "MapLayer", "layer_kinds", "map_layer", "spot_values",
+               "short_units", "section_agreement", "spot_scale_note", "spot_table"),
 })

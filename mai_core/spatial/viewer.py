@@ -21,6 +21,10 @@ import pandas as pd
 from mai_core.errors import MaiError, Problem
 
 MAX_PAYLOAD = 10 * 1024 * 1024
+TOOLBAR_PX = 34  # height of Plotly's toolbar (mode bar) at the top right of a chart, kept free of titles
+SHORT_UNITS = {"log1p(counts / spot total × 10,000)": "log1p(counts per 10k)",
+               "counts / spot total × 10,000": "counts per 10k", "log1p(counts)": "log1p(counts)",
+               "raw counts": "counts"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
 
@@ -155,16 +159,24 @@ def robust_range(values: np.ndarray) -> tuple[float, float]:
     return (float(lo), float(hi)) if hi > lo else (float(v.min()), float(v.min()) + 1e-6)
 
 
+def _keep_on_select(opacity: float, size: float) -> dict:
+    """Marker styles that keep the whole map visible after a click (Plotly fades unselected points by default)
+    and draw the clicked spot larger."""
+    return dict(selected=dict(marker=dict(opacity=1.0, size=size * 1.8)),
+                unselected=dict(marker=dict(opacity=opacity)))
+
+
 def _spot_trace(go, sm: SlideMap, values, colorscale: str, opacity: float, size: float, cbar: dict | None,
-                crange=None, show_scale: bool = True):
+                crange=None, show_scale: bool = True, what: str = "", unit: str = ""):
     finite = np.isfinite(values)
     idx = np.flatnonzero(finite).astype(np.int32)
     lo, hi = crange or robust_range(values[finite])
+    value = f"{what}: " if what else ""
     return go.Scattergl(
         x=sm.xy[idx, 0], y=sm.xy[idx, 1], mode="markers", customdata=idx, text=sm.ids[idx],
         marker=dict(color=values[idx].astype(np.float32), colorscale=colorscale, cmin=lo, cmax=hi, size=size,
-                    opacity=opacity, showscale=show_scale, colorbar=cbar),
-        hovertemplate="spot %{text}<br>%{marker.color:.3f}<extra></extra>", showlegend=False)
+                    opacity=opacity, showscale=show_scale, colorbar=cbar), **_keep_on_select(opacity, size),
+        hovertemplate=f"spot %{{text}}<br>{value}%{{marker.color:.3f}} {unit}<extra></extra>", showlegend=False)
 
 
 def _category_traces(go, sm: SlideMap, cats: np.ndarray, opacity: float, size: float, outline: bool = False,
@@ -178,6 +190,7 @@ def _category_traces(go, sm: SlideMap, cats: np.ndarray, opacity: float, size: f
             dict(color=colour, size=size * 1.35, symbol="circle-open", line=dict(width=2, color=colour))
         traces.append(go.Scattergl(x=sm.xy[idx, 0], y=sm.xy[idx, 1], mode="markers", customdata=idx,
                                    text=sm.ids[idx], marker=marker, name=f"{legend}{c}", legendgroup=str(c),
+                                   **({} if outline else _keep_on_select(opacity, size)),
                                    hovertemplate=f"spot %{{text}}<br>{c}<extra></extra>"))
     return traces
 
@@ -185,14 +198,24 @@ def _category_traces(go, sm: SlideMap, cats: np.ndarray, opacity: float, size: f
 def map_figure(sm: SlideMap, values, title: str, unit: str = "", measured=None, categorical: bool = False,
                opacity: float = 0.8, colorscale: str = "Viridis", outline_labels: bool = False,
                selected: int | None = None, shared_range: bool = False, width_px: int = 760, height_px: int = 640,
-               thumb_uri: str | None = None):
-    """Plotly figure: thumbnail + spots coloured by ``values`` (beside ``measured`` when given)."""
+               thumb_uri: str | None = None, agreement: tuple[float, int] | None = None,
+               measured_title: str | None = None):
+    """Plotly figure: thumbnail + spots coloured by ``values`` (beside ``measured`` when given).
+
+    Each panel is titled (what, predicted or measured; with ``agreement`` = (Pearson r, spots) the measured
+    title says how far the two maps agree on this section); colour bars carry ``unit`` (shortened by
+    :func:`short_units`) and sit in the gap between panels, clear of the other map; the top margin keeps the
+    titles clear of Plotly's toolbar."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     panels = 2 if measured is not None else 1
-    fig = make_subplots(1, panels, horizontal_spacing=0.06,
-                        subplot_titles=[f"{title} — predicted", f"{title} — measured"] if panels == 2 else None)
+    unit = short_units(unit) if unit else ""
+    titles = [title if categorical else f"{title} — predicted"]
+    if panels == 2:
+        r, n = agreement if agreement is not None else (float("nan"), 0)
+        titles.append((measured_title or f"{title} — measured") + (f" · r {r:.2f} with predicted ({n:,} spots)" if np.isfinite(r) else ""))
+    fig = make_subplots(1, panels, horizontal_spacing=0.16 if panels == 2 else 0.06, subplot_titles=titles)
     size = float(np.clip(sm.spot_px * (width_px / panels) / max(sm.width, sm.height), 3, 30))
     uri = thumb_uri or thumbnail_uri(sm.thumb)
     values = np.asarray(values)
@@ -209,10 +232,11 @@ def map_figure(sm: SlideMap, values, title: str, unit: str = "", measured=None, 
                 t.showlegend = col == 1
                 fig.add_trace(t, 1, col)
         else:
-            x_bar = 1.0 if (col == panels) else 0.46
-            cbar = dict(title=dict(text=unit, side="right"), x=x_bar + 0.01, len=0.9, thickness=12)
+            x_bar = 1.0 if col == panels else float(fig.layout.xaxis.domain[1])
+            cbar = dict(title=dict(text=unit, side="right"), x=x_bar + 0.01, xanchor="left", len=0.9, thickness=12)
             fig.add_trace(_spot_trace(go, sm, vals.astype(np.float64), colorscale, opacity, size, cbar, crange,
-                                      show_scale=not (crange and col == 1)), 1, col)
+                                      show_scale=not (crange and col == 1),
+                                      what="measured" if col == 2 else "predicted", unit=unit), 1, col)
         if outline_labels and sm.labels is not None:
             for t in _category_traces(go, sm, sm.labels, 1.0, size, outline=True, legend="annotation: "):
                 t.showlegend = col == 1
@@ -227,7 +251,7 @@ def map_figure(sm: SlideMap, values, title: str, unit: str = "", measured=None, 
         if col > 1:
             fig.update_xaxes(matches="x", row=1, col=col)
             fig.update_yaxes(matches="y", row=1, col=col)
-    fig.update_layout(height=height_px, margin=dict(l=0, r=0, t=30 if panels == 2 else 10, b=0),
+    fig.update_layout(height=height_px, margin=dict(l=0, r=0, t=TOOLBAR_PX + 28, b=0),
                       dragmode="pan", plot_bgcolor="white", uirevision=str(sm.path),
                       legend=dict(orientation="h", y=-0.02), clickmode="event+select")
     return fig
@@ -295,3 +319,55 @@ def spot_values(sm: SlideMap, i: int, genes: list[str]) -> pd.DataFrame:
     measured = sm.measured[int(i), idx] if sm.measured is not None else np.full(len(idx), np.nan, np.float32)
     return pd.DataFrame({"gene": list(genes), "predicted": sm.X[int(i), idx].astype(np.float64),
                          "measured": measured.astype(np.float64), "validation r": sm.pcc[idx].astype(np.float64)})
+
+
+def short_units(units: str) -> str:
+    """A unit label short enough for a colour bar, a hover box or a table header: ``log1p(counts per 10k)``."""
+    units = str(units)
+    if units in SHORT_UNITS:
+        return SHORT_UNITS[units]
+    return "training-table units" if units.startswith("the units of the training table") else units
+
+
+def section_agreement(sm: SlideMap, gene: str) -> tuple[float, int]:
+    """Pearson r between the predicted and the measured map of ``gene`` over this section's measured spots, and
+    how many spots that is (NaN when there are no counts, fewer than 3 spots or a flat map)."""
+    j = sm.gene_index(gene)
+    if sm.measured is None:
+        return float("nan"), 0
+    p, m = sm.X[:, j].astype(np.float64), sm.measured[:, j].astype(np.float64)
+    ok = np.isfinite(p) & np.isfinite(m)
+    n = int(ok.sum())
+    if n < 3 or p[ok].std() < 1e-12 or m[ok].std() < 1e-12:
+        return float("nan"), n
+    return float(np.corrcoef(p[ok], m[ok])[0, 1]), n
+
+
+def spot_scale_note(sm: SlideMap) -> str:
+    """What one dot on the map is, in µm: a spot of the section (its diameter) or a grid tile, and the tile the
+    model read around it."""
+    mpp = float(sm.meta.get("slide_mpp") or 0)
+    read_px = int(sm.meta.get("read_px", 224))
+    if sm.meta.get("positions") == "grid":
+        return (f"Each dot is one tile of {read_px * mpp:.0f} µm × {read_px * mpp:.0f} µm on a grid over the tissue."
+                if mpp else f"Each dot is one tile of {read_px} × {read_px} slide pixels (resolution unknown).")
+    if not mpp:
+        return f"Each dot is one spot (Ø {sm.spot_px:.0f} slide pixels; resolution unknown)."
+    return (f"Each dot is one spot (Ø {sm.spot_px * mpp:.0f} µm); the model read the {read_px * mpp:.0f} µm × "
+            f"{read_px * mpp:.0f} µm tile centred on it. Dots keep their screen size when you zoom.")
+
+
+def spot_table(sm: SlideMap, i: int, genes: list[str]) -> pd.DataFrame:
+    """:func:`spot_values` ready to show: the unit in the value headers, no measured column when the section has
+    no counts for these genes, and "not measured" (not a blank) where only some genes have counts."""
+    t = spot_values(sm, i, genes)
+    unit = short_units(sm.units)
+    if t["measured"].isna().all():
+        t = t.drop(columns="measured")
+    elif t["measured"].isna().any():
+        t["measured"] = [f"{v:.3f}" if np.isfinite(v) else "not measured" for v in t["measured"]]
+    if t["validation r"].isna().all():
+        t = t.drop(columns="validation r")
+    elif t["validation r"].isna().any():
+        t["validation r"] = [f"{v:.2f}" if np.isfinite(v) else "unknown" for v in t["validation r"]]
+    return t.rename(columns={"predicted": f"predicted, {unit}", "measured": f"measured, {unit}"})
