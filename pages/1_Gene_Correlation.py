@@ -188,7 +188,7 @@ scat = px.scatter(summ, x="mean", y="std", color="scale_group", hover_name="gene
                           "scale_group": "scale group"},
                   category_orders={"scale_group": groups},
                   color_discrete_map=dict(zip(groups, ui.ordered_colours(len(groups)))),
-                  log_x=bool((summ["mean"] > 0).all()), render_mode="webgl", height=440)
+                  log_x=bool((summ["mean"] > 0).all()), render_mode=ui.scatter_mode(len(summ)), height=440)
 ui.tidy(scat, legend="below", legend_title="scale group (quarters of the log10-mean range, low → high)")
 st.plotly_chart(scat, key="mean_std", width="stretch", config=ui.PLOT_CONFIG)
 counts = summ["scale_group"].value_counts().reindex(G.SCALE_GROUP_NAMES, fill_value=0)

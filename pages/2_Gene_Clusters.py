@@ -175,7 +175,7 @@ with plot_col:
     fig = px.scatter(points, x="x", y="y", color="group", hover_name="gene",
                      hover_data={mean_label: ":.3f", "group": True, "x": False, "y": False},
                      category_orders={"group": order}, color_discrete_map=ui.group_colours(order, background),
-                     render_mode="webgl", height=600)
+                     render_mode=ui.scatter_mode(n_genes), height=600)
     fig.update_layout(xaxis_title=f"{mapped} 1", yaxis_title=f"{mapped} 2")
     ui.tidy(fig, legend="right" if len(order) <= 24 else "below", legend_title="group")
     fig.update_traces(marker=dict(size=5 if n_genes > 1000 else 8))

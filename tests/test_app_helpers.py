@@ -227,3 +227,10 @@ def test_background_task_reports_errors_as_words():
         time.sleep(0.05)
     assert t.error == "the CSV has no path column" and t.error_obj is not None and not t.ok
     tasks.forget_task("t-err")
+
+
+def test_scatters_use_svg_until_they_are_large():
+    from mai_core.app.plots import WEBGL_FROM, scatter_mode
+
+    assert scatter_mode(60) == "svg" and scatter_mode(WEBGL_FROM) == "svg"
+    assert scatter_mode(WEBGL_FROM + 1) == "webgl"

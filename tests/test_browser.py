@@ -41,7 +41,7 @@ def server(demo_dir, tmp_path):
     env = dict(os.environ, MAI_DATA=str(demo_dir), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO))
     with serving(streamlit_argv("app.py", port), port, REPO, env, tmp_path / "server.log") as (proc, url):
-        yield {"url": url, "proc": proc, "ws": ws}
+        yield {"url": url, "proc": proc, "ws": ws, "log": tmp_path / "server.log"}
 
 
 def _fake_job(ws: Path, name: str, pid: int, state: str = "running") -> Path:
@@ -99,7 +99,14 @@ def test_app_in_real_browser(server, demo_dir):
             expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=60_000)
             expect(page.get_by_role("tab", name="Correlation structure")).to_be_visible()
             expect(page.get_by_role("combobox", name="Run")).to_have_value("busy")
-            # idle: nothing runs, so the server should do (almost) nothing while the page stays open
+            # idle: nothing runs, so the server should do (almost) nothing while the page stays open, once
+            # it has imported the pages' libraries in the background (after the first page)
+            from mai_core.app.frame import WARM_DONE
+
+            end = time.time() + 180
+            while WARM_DONE not in server["log"].read_text(errors="replace") and time.time() < end:
+                time.sleep(0.5)
+            assert WARM_DONE in server["log"].read_text(errors="replace")
             time.sleep(3)
             pid = server["proc"].pid
             before = _cpu_seconds(pid)

@@ -194,6 +194,7 @@ def run_page(page) -> None:
 WARM_MODULES = ("plotly.express", "plotly.subplots", "scipy.cluster.hierarchy", "sklearn.decomposition",
                 "sklearn.cluster", "sklearn.metrics", "torch", "timm", "umap")
 _WARM: dict = {}
+WARM_DONE = "background imports of the pages' libraries done"  # written to the server console
 
 
 def warm_imports(modules=WARM_MODULES) -> None:
@@ -207,7 +208,9 @@ def warm_imports(modules=WARM_MODULES) -> None:
 
     def work() -> None:
         import importlib
+        import time
 
+        t0 = time.monotonic()
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # this thread only (Linux)
         except (AttributeError, OSError):
@@ -218,6 +221,7 @@ def warm_imports(modules=WARM_MODULES) -> None:
             except Exception:
                 continue
         _WARM["done"] = True
+        print(f"{WARM_DONE} in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
 
     threading.Thread(target=work, name="mai-warm-imports", daemon=True).start()
 

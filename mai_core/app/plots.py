@@ -20,6 +20,15 @@ _DISTINCT = (
 BACKGROUND = "#b0b0b0"  # the catch-all group ("unassigned", "other"): grey, drawn under the others
 
 TOOLBAR_MARGIN = 44  # px above the plot area: room for Plotly's toolbar, so it never covers the plot's top
+WEBGL_FROM = 5000  # points in a scatter from which WebGL draws it (below, SVG)
+
+
+def scatter_mode(n_points: int) -> str:
+    """Plotly Express ``render_mode`` for a scatter of ``n_points``: SVG up to :data:`WEBGL_FROM` points,
+    WebGL beyond. A WebGL canvas costs a context to create, slow where the browser has no GPU acceleration
+    (remote desktops, virtual machines, headless browsers draw it in software), and a page may hold only a
+    few (browsers drop the oldest beyond about 16); SVG draws a few thousand points at once."""
+    return "webgl" if int(n_points) > WEBGL_FROM else "svg"
 
 
 def distinct_colours(n: int) -> list[str]:

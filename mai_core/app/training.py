@@ -222,14 +222,14 @@ def _job_row(info: jobs.JobInfo) -> None:
                                              help="remove from this list (the run stays)"):
         jobs.forget(info.id)
         st.rerun(scope="app")
-    if info.state == "running":
-        _curves(info)
     if info.state != "queued":
-        with st.expander("Details" if info.state == "running" else "Curves and log"):
-            if info.state != "running":
+        # drawn only while open: every page run (and every refresh of a live list, in every session) would
+        # otherwise read each job's metrics and log and send its curves to the browser again
+        with st.expander("Curves and log", key=f"job_details_{info.id}", on_change="rerun") as box:
+            if box.open:
                 _curves(info)
-            st.caption(f"`{info.run_dir}`")
-            st.code(_once(jobs.log_tail(info, 25)) or "(empty)", language=None)
+                st.caption(f"`{info.run_dir}`")
+                st.code(_once(jobs.log_tail(info, 25)) or "(empty)", language=None)
 
 
 def _job_panel(live: bool) -> None:
