@@ -226,7 +226,10 @@ opacity = c_op.slider("Opacity", 0.0, 1.0, 0.8, 0.05, key="sv_opacity")
 scale = c_scale.selectbox("Colour scale", COLOUR_SCALES, key="sv_scale", disabled=kind in ("cluster", "label"))
 c_side, c_shared, c_outline = st.columns(3)
 has_measured = kind == "gene" and sm.measured is not None
-side = c_side.toggle("Measured beside predicted", value=has_measured, key="sv_side", disabled=not has_measured,
+# a separate key while there is nothing measured: opening a prediction without counts first must not switch the
+# measured map off for the ones that have them
+side = c_side.toggle("Measured beside predicted", value=has_measured, key="sv_side" if has_measured else "sv_side_none",
+                     disabled=not has_measured,
                      help="the section's counts, normalised like the training data" if has_measured else
                      "this prediction has no measured counts for this layer (predict-slide --counts)")
 shared = c_shared.toggle("One colour range for both", value=False, key="sv_shared", disabled=not (side and has_measured))

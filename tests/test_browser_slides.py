@@ -124,8 +124,8 @@ def test_slide_viewer_in_real_browser(server, demo_dir, tmp_path):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
     ws = server["ws"]
-    ids = _demo_prediction(ws, demo_dir, tmp_path)
     real = _her2st_prediction(ws, tmp_path)
+    ids = _demo_prediction(ws, demo_dir, tmp_path)  # newest: the page opens on it, a prediction without counts
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -136,20 +136,6 @@ def test_slide_viewer_in_real_browser(server, demo_dir, tmp_path):  # noqa: F811
         page.get_by_role("link", name=re.compile("Slide viewer")).first.click()
         expect(page.get_by_role("heading", name=re.compile("Slide viewer"))).to_be_visible(timeout=90_000)
         picker = page.get_by_role("combobox", name="Slide prediction")
-        if real:  # newest first: the real section
-            expect(picker).to_have_value(re.compile(r"^C5 · "), timeout=30_000)
-            _map_is_drawn(page, expect)
-            # the measured panel says how far the two maps agree on this section, and so does a line below
-            expect(page.get_by_text(re.compile(r"— measured · r -?\d\.\d\d with predicted \(18\d spots\)$")).first
-                   ).to_be_visible(timeout=30_000)
-            expect(page.get_by_text(re.compile(r"on this section: Pearson r -?\d\.\d\d between predicted and "
-                                               r"measured over 18\d spots")).first).to_be_visible()
-            expect(page.get_by_text(re.compile(r"18\d spots · 12 genes"))).to_be_visible()
-            expect(page.get_by_text(re.compile(r"Each dot is one spot \(Ø 100 µm\); the model read the 154 µm")
-                                    ).first).to_be_visible()
-            _assert_readable(page, "log1p(counts per 10k)")
-            picker.click()
-            page.get_by_role("option", name=re.compile(r"^demo · ")).click()
         expect(picker).to_have_value(re.compile(r"^demo · "), timeout=30_000)
         _map_is_drawn(page, expect)
         expect(page.get_by_text("30 spots · 60 genes", exact=False)).to_be_visible(timeout=30_000)
@@ -177,5 +163,35 @@ def test_slide_viewer_in_real_browser(server, demo_dir, tmp_path):  # noqa: F811
         expect(page.get_by_text(re.compile(r"^model output -?\d+\.\d{3} training-table units"))).to_be_visible()
         cam_image = page.get_by_test_id("stImage").filter(has=cam.first)
         assert cam_image.bounding_box()["width"] <= 400, "one gene's Grad-CAM stays patch-sized"
+        if real:  # opened after a prediction without counts: the measured map is still shown beside
+            picker.click()
+            page.get_by_role("option", name=re.compile(r"^C5 · ")).click()
+            expect(picker).to_have_value(re.compile(r"^C5 · "), timeout=30_000)
+            _map_is_drawn(page, expect)
+            # the measured panel says how far the two maps agree on this section, and so does a line below
+            expect(page.get_by_text(re.compile(r"— measured · r -?\d\.\d\d with predicted \(18\d spots\)$")).first
+                   ).to_be_visible(timeout=30_000)
+            expect(page.get_by_text(re.compile(r"on this section: Pearson r -?\d\.\d\d between predicted and "
+                                               r"measured over 18\d spots")).first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"18\d spots · 12 genes"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"Each dot is one spot \(Ø 100 µm\); the model read the 154 µm")
+                                    ).first).to_be_visible()
+            _assert_readable(page, "log1p(counts per 10k)")
         assert page.get_by_text("Traceback").count() == 0
         browser.close()
+
+
+def test_grid_dots_are_tiles_and_leave_the_tissue_visible():
+    """On a grid the dots are as wide as the tile the model read, not the grid step, so the H&E shows between."""
+    from test_slide_viewer import _slide_map
+
+    from mai_core.spatial import map_figure, spot_scale_note
+
+    sm = _slide_map(n_side=40)
+    sm.spot_px, sm.meta = 100.0, {"positions": "grid", "read_px": 56, "slide_mpp": 2.0}
+    grid = map_figure(sm, sm.X[:, 0], "G0").data[0].marker.size
+    sm.meta["positions"] = "st"
+    spots = map_figure(sm, sm.X[:, 0], "G0").data[0].marker.size
+    assert 3 < grid < 30 and grid == pytest.approx(spots * 56 / 100)
+    sm.meta["positions"] = "grid"
+    assert spot_scale_note(sm).startswith("Each dot is one tile of 112 µm × 112 µm on a grid over the tissue, 200 µm apart")

@@ -55,6 +55,14 @@ class SlideMap:
     def units(self) -> str:
         return str(self.meta.get("units", "predicted expression"))
 
+    @property
+    def dot_px(self) -> float:
+        """Diameter of a dot on the map in slide pixels: the spot, or for a grid the tile the model read (not the
+        grid step, so the H&E shows between neighbouring tiles)."""
+        if self.meta.get("positions") == "grid":
+            return min(self.spot_px, float(self.meta.get("read_px", self.spot_px)))
+        return self.spot_px
+
     def gene_index(self, gene: str) -> int:
         try:
             return self.genes.index(gene)
@@ -197,7 +205,7 @@ def _category_traces(go, sm: SlideMap, cats: np.ndarray, opacity: float, size: f
 
 def map_figure(sm: SlideMap, values, title: str, unit: str = "", measured=None, categorical: bool = False,
                opacity: float = 0.8, colorscale: str = "Viridis", outline_labels: bool = False,
-               selected: int | None = None, shared_range: bool = False, width_px: int = 760, height_px: int = 640,
+               selected: int | None = None, shared_range: bool = False, width_px: int = 900, height_px: int = 640,
                thumb_uri: str | None = None, agreement: tuple[float, int] | None = None,
                measured_title: str | None = None):
     """Plotly figure: thumbnail + spots coloured by ``values`` (beside ``measured`` when given).
@@ -216,7 +224,10 @@ def map_figure(sm: SlideMap, values, title: str, unit: str = "", measured=None, 
         r, n = agreement if agreement is not None else (float("nan"), 0)
         titles.append((measured_title or f"{title} — measured") + (f" · r {r:.2f} with predicted ({n:,} spots)" if np.isfinite(r) else ""))
     fig = make_subplots(1, panels, horizontal_spacing=0.16 if panels == 2 else 0.06, subplot_titles=titles)
-    size = float(np.clip(sm.spot_px * (width_px / panels) / max(sm.width, sm.height), 3, 30))
+    # screen px per slide px: the panel is bound by its width or by the chart's height, whichever is tighter
+    spacing = 0.16 if panels == 2 else 0.0
+    fit = min(width_px * (1 - spacing) / panels / sm.width, (height_px - TOOLBAR_PX - 28) / sm.height)
+    size = float(np.clip(sm.dot_px * fit, 3, 30))
     uri = thumb_uri or thumbnail_uri(sm.thumb)
     values = np.asarray(values)
     crange = None
@@ -349,8 +360,9 @@ def spot_scale_note(sm: SlideMap) -> str:
     mpp = float(sm.meta.get("slide_mpp") or 0)
     read_px = int(sm.meta.get("read_px", 224))
     if sm.meta.get("positions") == "grid":
-        return (f"Each dot is one tile of {read_px * mpp:.0f} µm × {read_px * mpp:.0f} µm on a grid over the tissue."
-                if mpp else f"Each dot is one tile of {read_px} × {read_px} slide pixels (resolution unknown).")
+        step = f", {sm.spot_px * mpp:.0f} µm apart" if mpp and sm.spot_px > read_px * 1.01 else ""
+        return (f"Each dot is one tile of {read_px * mpp:.0f} µm × {read_px * mpp:.0f} µm on a grid over the "
+                f"tissue{step}; dots keep their screen size when you zoom." if mpp else f"Each dot is one tile of {read_px} × {read_px} slide pixels (resolution unknown).")
     if not mpp:
         return f"Each dot is one spot (Ø {sm.spot_px:.0f} slide pixels; resolution unknown)."
     return (f"Each dot is one spot (Ø {sm.spot_px * mpp:.0f} µm); the model read the {read_px * mpp:.0f} µm × "
