@@ -96,7 +96,7 @@ def _notice_text() -> str:
     import streamlit.logger
 
     streamlit.logger.set_log_level("error")  # imported outside a running app: no cache warnings
-    from mai_core.app.frame import UNEXPECTED_ERROR
+    from mai_core.app.guard import UNEXPECTED_ERROR
 
     return UNEXPECTED_ERROR
 

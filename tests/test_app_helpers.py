@@ -234,3 +234,37 @@ def test_scatters_use_svg_until_they_are_large():
 
     assert scatter_mode(60) == "svg" and scatter_mode(WEBGL_FROM) == "svg"
     assert scatter_mode(WEBGL_FROM + 1) == "webgl"
+
+
+def test_an_error_inside_a_fragment_gets_the_pages_handling():
+    """A fragment reruns on its own: its errors still become our messages, never Streamlit's or a traceback."""
+    from streamlit.testing.v1 import AppTest
+
+    script = '''
+import streamlit as st
+from mai_core.app.guard import guarded
+from mai_core.errors import MaiError, Problem
+
+@st.fragment
+@guarded
+def ours():
+    raise MaiError("the grouping cannot be used", [Problem("grouping", "empty", "save it again")])
+
+@st.fragment
+@guarded
+def unexpected():
+    raise RuntimeError("secret contents of /etc/shadow")
+
+ours()
+unexpected()
+st.write("the rest of the page")
+'''
+    at = AppTest.from_string(script, default_timeout=60).run()
+    assert not at.exception, [e.message for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert "the grouping cannot be used" in errors
+    from mai_core.app.guard import UNEXPECTED_ERROR
+
+    assert UNEXPECTED_ERROR in errors
+    assert not any("secret" in e for e in errors)
+    assert any("the rest of the page" in m.value for m in at.markdown)

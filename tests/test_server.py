@@ -78,7 +78,7 @@ def test_unexpected_error_shows_the_generic_notice_never_a_traceback(shipped_ser
     pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import expect, sync_playwright
 
-    from mai_core.app.frame import UNEXPECTED_ERROR
+    from mai_core.app.guard import UNEXPECTED_ERROR
 
     url = f"http://127.0.0.1:{shipped_server['port']}"
     with sync_playwright() as p:

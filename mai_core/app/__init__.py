@@ -9,8 +9,9 @@ from mai_core._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
     "frame": ("DEMO_LABEL", "cached_dataset", "cached_images", "dataset_problems", "dataset_stamp",
-              "default_dataset_path", "sidebar_dataset", "show_error", "page_setup", "DATA_ROOTS_ENV", "allowed_roots",
-              "resolve_typed_path", "run_page", "UNEXPECTED_ERROR"),
+              "default_dataset_path", "sidebar_dataset", "page_setup", "DATA_ROOTS_ENV", "allowed_roots",
+              "resolve_typed_path", "run_page"),
+    "guard": ("show_error", "UNEXPECTED_ERROR", "shown_errors", "guarded"),
     "training": ("render_sidebar_training", "refresh_interval"),
     "weights": ("weights_panel", "submit_pull", "offer_weights_pull", "weights_caption"),
     "widgets": ("save_with_confirmation", "default_following_text", "restore", "remember", "slider_range"),

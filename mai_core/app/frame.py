@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import streamlit as st
 
+from mai_core.app.guard import show_error, shown_errors
 from mai_core.data.dataset import MAIDataset, collect_problems, load_dataset
 from mai_core.errors import MaiError, Problem
 
@@ -152,39 +152,17 @@ def sidebar_dataset() -> MAIDataset | None:
         return None
 
 
-def show_error(exc: MaiError) -> None:
-    """Render a MaiError as a readable list of problems (never a traceback)."""
-    st.error(exc.message)
-    if exc.problems:
-        rows = [{"where": p.where, "problem": p.what, "how to fix": p.fix} for p in exc.problems]
-        st.dataframe(rows, width="stretch", hide_index=True)
-    if exc.hint:
-        st.caption(exc.hint)
-
-
-UNEXPECTED_ERROR = ("Something unexpected went wrong on this page. Its details were written to the server's "
-                    "console, not shown here. Reload the page, or choose another dataset or run.")
-
-
 def run_page(page) -> None:
-    """Run the navigation's chosen page: our errors as messages, anything unexpected as a generic notice.
+    """Run the navigation's chosen page inside :func:`shown_errors`.
 
-    The details of an unexpected error (type, text, traceback) go to the server's console only: they can
-    name files and contents of the machine the app runs on. Streamlit's own stop/rerun signals pass through.
     The native thread pools (BLAS, OpenMP) are first capped at the idle cores: sessions run their pages in
     parallel threads of one process, on a machine that may be busy training.
     """
     from mai_core.device import cap_native_pools
 
     cap_native_pools()
-    try:
+    with shown_errors(f"page {getattr(page, 'title', '?')!r}"):
         page.run()
-    except MaiError as exc:
-        show_error(exc)
-    except Exception:
-        print(f"unexpected error on page {getattr(page, 'title', '?')!r}:", file=sys.stderr)
-        traceback.print_exc()
-        st.error(UNEXPECTED_ERROR)
     warm_imports()
 
 

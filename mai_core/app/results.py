@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from mai_core.app.tasks import forget_task, get_task, progress_panel, start_task
+from mai_core.app.guard import guarded
 from mai_core.errors import MaiError
 
 WATCH_S = 2.0
@@ -41,6 +42,7 @@ def watch_runs(table) -> None:
 
 
 @st.fragment(run_every=WATCH_S)
+@guarded
 def _run_watcher(paths: tuple) -> None:
     from mai_core.runs import list_runs
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
+from mai_core.app.guard import guarded
 from mai_core.errors import MaiError
 
 KEEP = 16  # finished tasks remembered (results of cheap keys are small; big ones are forgotten first)
@@ -160,7 +161,7 @@ def progress_panel(key: str, *, cancel_label: str = "Cancel") -> Task | None:
         st.info(f"{task.label}: cancelled after {fmt_duration(task.elapsed)}.")
     elif task.error:
         if task.error_obj is not None:
-            from mai_core.app.frame import show_error
+            from mai_core.app.guard import show_error
 
             show_error(task.error_obj)
         else:
@@ -169,6 +170,7 @@ def progress_panel(key: str, *, cancel_label: str = "Cancel") -> Task | None:
 
 
 @st.fragment(run_every=POLL_S)
+@guarded
 def _live_panel(key: str, cancel_label: str) -> None:
     task = get_task(key)
     if task is None or not task.running:

@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from mai_core.runs import jobs
+from mai_core.app.guard import guarded
 from mai_core.errors import MaiError
 from mai_core.training import default_config
 
@@ -264,11 +265,13 @@ def _job_panel(live: bool) -> None:
 
 
 @st.fragment(run_every=REFRESH_S)
+@guarded
 def _job_panel_live() -> None:
     _job_panel(live=True)
 
 
 @st.fragment
+@guarded
 def _job_panel_idle() -> None:
     _job_panel(live=False)
 

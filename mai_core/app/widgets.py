@@ -65,7 +65,7 @@ def _modified(target: Path | None) -> str:
 
 
 def _do_save(what: str, save, overwrite: bool, describe) -> Any:
-    from mai_core.app.frame import show_error
+    from mai_core.app.guard import show_error
 
     try:
         result = save(overwrite)
