@@ -159,6 +159,7 @@ def job_cards(active_only: bool) -> None:
 
 
 @st.fragment(run_every=2.0)
+@ui.guarded
 def live_jobs() -> None:
     if not any(j.is_active for j in slide_jobs()):
         st.rerun(scope="app")  # finished: list the new prediction

@@ -94,6 +94,8 @@ def test_unexpected_error_shows_the_generic_notice_never_a_traceback(shipped_ser
                 expect(page.get_by_text(UNEXPECTED_ERROR[:40])).to_be_visible(timeout=90_000)
                 page.wait_for_timeout(1000)  # anything rendered after the notice would show up now
                 seen.append(page.locator("body").inner_text())
+                # the shipped toolbar is a viewer's: no hosting or developer entries
+                expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
         finally:
             browser.close()
     for text in seen:
