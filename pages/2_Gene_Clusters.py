@@ -226,9 +226,10 @@ if method == "kmeans" and tabs[1].open:
     with tabs[1]:
         scan = _scan(fp, path, seed, k_max)
         kfig = make_subplots(specs=[[{"secondary_y": True}]])
-        kfig.add_trace(go.Scatter(x=scan["k"], y=scan["inertia"], mode="lines+markers", name="inertia"))
-        kfig.add_trace(go.Scatter(x=scan["k"], y=scan["silhouette"], mode="lines+markers", name="silhouette"),
-                       secondary_y=True)
+        kfig.add_trace(go.Scatter(x=scan["k"], y=scan["inertia"], mode="lines+markers", name="inertia",
+                                  line=dict(color="#1f5fa8")))
+        kfig.add_trace(go.Scatter(x=scan["k"], y=scan["silhouette"], mode="lines+markers", name="silhouette",
+                                  line=dict(color="#d9751e")), secondary_y=True)
         kfig.add_vline(x=int(k), line_dash="dot", annotation_text=f"K = {k}")
         kfig.update_layout(height=380, xaxis_title="K", xaxis_dtick=1)
         ui.tidy(kfig)
