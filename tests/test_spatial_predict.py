@@ -240,7 +240,7 @@ def test_real_her2st_section_equals_predict_on_imported_patches(her2st_dir, tmp_
     out = tmp_path / "C5.h5ad"
     assert cli_main(["predict-slide", "--run", str(run), "--image", str(her2st_dir / "C5.jpg"), "--spots",
                      str(her2st_dir / "C5_selection.tsv"), "--counts", str(her2st_dir / "C5.tsv.gz"),
-                     "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+                     "--out", str(out), "--device", "cpu", "--quiet", "--no-spatial-context"]) == 0
     a = anndata.read_h5ad(out)
     assert a.uns["mai"]["read_px"] == 224 and not a.uns["mai"]["resampled"]
     pred = a.to_df().set_index(a.obs["spot"].to_numpy())

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", type=tta_views_arg, metavar="N",
                    help="test-time augmentation views: 1 = off .. 8 = all dihedral views (also on = 8, off = 1); "
                         "default: the run's setting")
+    p.add_argument("--no-spatial-context", dest="spatial_context", action="store_false",
+                   help="ignore the neighbouring spots (default, when the input has spot coordinates section/px/py: "
+                        "the run's context head, or its neighbour-smoothing weight)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -47,7 +50,7 @@ def run(args) -> int:
         check_replaceable(args.out, None, OUTPUT, force=args.force)
 
     metrics = evaluate_run(args.run, args.data, split=args.split, device=args.device,
-                           progress=not args.quiet, tta=args.tta)
+                           progress=not args.quiet, tta=args.tta, spatial=args.spatial_context)
     print(format_table(metrics))
     if args.out:
         write_json(args.out, metrics)

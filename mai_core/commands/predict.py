@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", type=tta_views_arg, metavar="N",
                    help="test-time augmentation views: 1 = off .. 8 = all dihedral views (also on = 8, off = 1); "
                         "default: the run's setting")
+    p.add_argument("--no-spatial-context", dest="spatial_context", action="store_false",
+                   help="ignore the neighbouring spots (default, when the input has spot coordinates section/px/py: "
+                        "the run's context head, or its neighbour-smoothing weight)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -40,7 +43,8 @@ def run(args) -> int:
     from mai_core.runs.predict import predict_csv
 
     check_replaceable(args.out, None, OUTPUT, force=args.force)
-    out = predict_csv(args.run, args.csv, args.out, device=args.device, progress=not args.quiet, tta=args.tta)
+    out = predict_csv(args.run, args.csv, args.out, device=args.device, progress=not args.quiet, tta=args.tta,
+                      spatial=args.spatial_context)
     mark_output(args.out, OUTPUT)
-    print(f"wrote {args.out}: {len(out)} rows x {out.shape[1] - 1} genes")
+    print(f"wrote {args.out}: {len(out)} rows x {out.shape[1] - 1} genes; {out.attrs.get('spatial', '')}")
     return 0

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=positive_int, default=2, metavar="N", help="tile-reading threads (default 2)")
     p.add_argument("--max-pixels", type=positive_int, metavar="N",
                    help="largest JPEG/PNG to decode (default 1e9 pixels; whole-slide files need no limit)")
+    p.add_argument("--no-spatial-context", dest="spatial_context", action="store_false",
+                   help="ignore the neighbouring spots/tiles (default: the run's context head, or its "
+                        "neighbour-smoothing weight, over the spot or tile grid)")
     p.add_argument("--status-dir", metavar="DIR", help=argparse.SUPPRESS)  # background jobs: progress to DIR/status.json
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -59,6 +62,6 @@ def run(args) -> int:
                          run_mpp=args.run_mpp, tta=tta, device=args.device, batch_size=args.batch_size,
                          counts=args.counts, labels=args.labels, programmes=args.programmes, library=args.library,
                          max_pixels=args.max_pixels, workers=args.workers, progress=not args.quiet,
-                         status_dir=args.status_dir)
+                         status_dir=args.status_dir, spatial=args.spatial_context)
     print(format_result(info))
     return 0

@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", choices=("on", "off", "1", "2", "4", "8"),
                    help="dihedral test-time augmentation at validation/predict: a number of views, on = 8, off = 1 "
                         "(default 4)")
+    p.add_argument("--no-spatial-context", dest="spatial_context", action="store_false",
+                   help="no spatial context (default, when the dataset has spot coordinates: a head on own + "
+                        "neighbour-mean embeddings when it wins on the validation spots, else neighbour smoothing "
+                        "of predictions with a weight chosen there)")
     blocks = p.add_mutually_exclusive_group()
     blocks.add_argument("--train-blocks", type=int, help="train only the last N backbone stages (-1: all)")
     blocks.add_argument("--freeze-blocks", type=int, help="freeze the first N backbone stages")
@@ -104,6 +108,8 @@ def overrides_from_args(args) -> dict:
     if args.model == "frozen":  # frozen heads keep their own (longer) schedule; explicit flags apply to it
         o["frozen"] = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                        if v is not None}
+    if not getattr(args, "spatial_context", True):
+        o["spatial"] = {"context": "off", "smoothing": "off"}
     if args.seed is not None:
         o["seed"] = args.seed
     if args.train_blocks is not None:

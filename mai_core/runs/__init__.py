@@ -14,6 +14,10 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                 "cluster_pcc", "correlation_fidelity", "correlation_matrices", "common_val_set", "evaluate_val",
                 "compare_runs", "write_submission"),
     "strategies": ("strategies_table", "strategy_row"),
+    "neighbours": ("spot_coordinates", "neighbour_matrix", "smooth", "choose_weight", "smoothing_facts",
+                   "apply_smoothing", "smooth_at", "smoothing_weight"),
+    "contexthead": ("CONTEXT_HEAD_FILE", "context_features", "fit_context_head", "save_context_head",
+                    "load_context_head", "apply_context_head", "spatial_predict"),
     "testscore": ("predict_paths_reporting", "test_score_path", "cached_test_score", "test_score",
                   "write_submission_reporting"),
 })

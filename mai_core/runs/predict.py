@@ -174,6 +174,19 @@ class Predictor:
             bar.close()
         return out
 
+    def feature_predictor(self) -> "Predictor | None":
+        """A predictor of the backbone's pooled embeddings (same views, layout, threads) instead of expression;
+        None for an ensemble."""
+        from mai_core.models.model import ModelFeatures
+
+        inner = getattr(self.model, "inner", None)
+        if inner is None or not hasattr(inner, "features"):
+            return None
+        feats = ModelFeatures(inner)
+        return Predictor(feats, [f"f{i}" for i in range(feats.num_features)], self.config, self.device,
+                         tta_views=self.tta_views, batch_size=self.batch_size, path=self.path,
+                         channels_last=self.channels_last)
+
     def predict_stream(self, chunks: Iterable, tta=None, on_progress: Callable[[int, int | None], None] | None = None,
                        should_stop=None, total: int | None = None) -> Iterator[np.ndarray]:
         """Predictions for a stream of uint8 N×H×W×3 chunks (e.g. slide tiles), one float32 array per chunk;
@@ -305,21 +318,28 @@ def load_predictor(path, device: str = "auto", channels_last: bool | None = None
 
 
 def predict_csv(run_path, csv_path, out_path, device: str = "auto", progress: bool = True, tta=None,
-                on_progress: Callable[[int, int], None] | None = None, should_stop=None):
-    """Predict every row of an ID,path CSV; write ID + one column per gene atomically. Returns the frame.
+                on_progress: Callable[[int, int], None] | None = None, should_stop=None, spatial: bool = True):
+    """Predict every row of an ID,path CSV; write ID + one column per gene atomically. Returns the frame
+    (``frame.attrs["spatial"]``: a sentence on the spatial context used).
 
     ``tta``: None = the run's setting, or 1 (off) .. 8 views; ``on_progress``/``should_stop`` as in
-    :meth:`Predictor.predict_images` (a cancelled prediction writes nothing)."""
+    :meth:`Predictor.predict_images` (a cancelled prediction writes nothing). ``spatial``: when the CSV has spot
+    coordinates (``section``, ``px``/``py``), use the run's spatial context (its context head, else its
+    neighbour-smoothing weight; :func:`mai_core.runs.contexthead.spatial_predict`)."""
     import pandas as pd
 
     from mai_core.data.dataset import read_id_path_csv
     from mai_core.io import write_csv
+    from mai_core.runs.contexthead import spatial_predict
+    from mai_core.runs.neighbours import spot_coordinates
 
     df, paths = read_id_path_csv(csv_path)
     pred = load_predictor(run_path, device=device)
-    values = pred.predict_paths(paths, progress=progress, tta=tta, on_progress=on_progress, should_stop=should_stop)
+    values, note = spatial_predict(pred, paths, spot_coordinates(df), enabled=spatial, progress=progress, tta=tta,
+                                   on_progress=on_progress, should_stop=should_stop)
     out = pd.concat([df[["ID"]].reset_index(drop=True), pd.DataFrame(values, columns=pred.genes)], axis=1)
     write_csv(out_path, out, float_format="%.6g")
+    out.attrs["spatial"] = note
     return out
 
 
@@ -358,11 +378,17 @@ def labelled_split(data, split: str):
 
 
 def evaluate_run(run_path, data=None, split: str = "test", device: str = "auto", progress: bool = True,
-                 tta=None, on_progress: Callable[[int, int], None] | None = None, should_stop=None) -> dict:
+                 tta=None, on_progress: Callable[[int, int], None] | None = None, should_stop=None,
+                 spatial: bool = True) -> dict:
     """Metrics dict (mai_core.metrics.evaluate_predictions) of a run/ensemble on a labelled split.
 
-    ``tta``: None = the run's setting, or 1 (off) .. 8 views (reported as ``tta_views``)."""
+    ``tta``: None = the run's setting, or 1 (off) .. 8 views (reported as ``tta_views``). ``spatial``: the
+    run's spatial context when the split has spot coordinates (reported as ``spatial``; the ``val`` split is
+    the run's own stored validation predictions, as trained)."""
+    from mai_core.data.dataset import load_dataset
     from mai_core.metrics import evaluate_predictions
+    from mai_core.runs.contexthead import spatial_predict
+    from mai_core.runs.neighbours import spot_coordinates
 
     run = RunDir(run_path)
     if split == "val":
@@ -388,7 +414,10 @@ def evaluate_run(run_path, data=None, split: str = "test", device: str = "auto",
     col = {g: i for i, g in enumerate(genes)}
     sel = [col[g] for g in pred.genes]
     views = _views(tta, pred.tta_views)
-    p = pred.predict_paths(paths, progress=progress, tta=views, on_progress=on_progress, should_stop=should_stop)
+    ds = load_dataset(data, check_images=False)
+    coords = spot_coordinates(ds.train if split == "train" else ds.test)
+    p, note = spatial_predict(pred, paths, coords, enabled=spatial, progress=progress, tta=views,
+                              on_progress=on_progress, should_stop=should_stop)
     out = evaluate_predictions(X[:, sel], p, pred.genes, reference_X=ref[:, sel])
-    out.update(split=split, run=str(run.path), data=str(data), tta_views=views)
+    out.update(split=split, run=str(run.path), data=str(data), tta_views=views, spatial=note)
     return out

@@ -292,7 +292,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunDir]:
 
 # what a run directory may hold; a folder holding anything else is someone else's
 RUN_ENTRIES = ("config.yaml", "genes.txt", "grouping.csv", "metrics.jsonl", "status.json", "checkpoints",
-               "val_predictions.parquet", "log.txt")
+               "val_predictions.parquet", "context_head.npz", "log.txt")
 
 
 def holds_run(path) -> bool:

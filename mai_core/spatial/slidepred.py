@@ -115,8 +115,11 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
                   run_mpp: float | None = None, tta=None, device: str = "auto", batch_size: int | None = None,
                   counts=None, labels=None, programmes=None, library: str | None = None,
                   max_pixels: int | None = None, workers: int = 2, progress: bool = True, status_dir=None,
-                  stop: threading.Event | None = None, predictor=None) -> dict:
+                  stop: threading.Event | None = None, predictor=None, spatial: bool = True) -> dict:
     """Predict every spot (or tissue tile) of ``image`` with run ``run``; write the AnnData ``out``.
+
+    ``spatial``: use the neighbouring spots or tiles on their grid: the run's context head when it has one,
+    else neighbour smoothing with its recorded weight (``config.yaml`` ``spatial``; a note says which).
 
     Returns a summary dict (spots, genes, resolution plan, seconds, tiles per second, output path).
     """
@@ -124,6 +127,8 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
     from mai_core.data.slideimage import DEFAULT_MAX_PIXELS
     from mai_core.data.wsi import open_slide
     from mai_core.runs import RunDir, load_predictor
+    from mai_core.runs.contexthead import apply_context_head, load_context_head
+    from mai_core.runs.neighbours import neighbour_matrix, smooth_at, smoothing_weight
     from mai_core.spatial.output import build_anndata
     from mai_core.spatial.resolution import plan_read, run_facts
     from mai_core.spatial.stream import stream_tiles
@@ -159,7 +164,11 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
         ids, centres, array_xy, kind, pinfo = _positions(slide, spots, grid_um, facts, slide_mpp, plan.read_px, notes)
         n, genes = len(ids), pred.genes
         extras = _extras(pred, rd.path, ids, centres, array_xy, facts, counts, labels, spots, programmes, notes)
-        X = np.empty((n, len(genes)), dtype=np.float32)
+        # the run's context head (own + neighbour-mean embedding) needs every tile's embedding first
+        head = load_context_head(rd.path) if spatial else None
+        model = pred.feature_predictor() if head is not None else None
+        head, model = (head, model) if model is not None else (None, pred)
+        X = np.empty((n, len(model.genes)), dtype=np.float32)
         if progress:
             print(f"{n} {'spots' if kind != 'grid' else 'tissue tiles'} · {len(genes)} genes · {plan.note}",
                   file=sys.stderr, flush=True)
@@ -173,7 +182,7 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
                                            workers=workers, stop=stop):
                 if stop.is_set():
                     break
-                X[idx] = pred.predict_images(tiles, tta=tta)
+                X[idx] = model.predict_images(tiles, tta=tta)
                 done += len(idx)
                 bar.update(len(idx))
                 now = time.perf_counter()
@@ -186,6 +195,16 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
         if stop.is_set() or done < n:
             raise Stopped()
         seconds_pred = time.perf_counter() - t_pred
+        grid = (np.asarray(centres, dtype=float), None)
+        if head is not None:
+            nb = neighbour_matrix(*grid)
+            X = apply_context_head(head, X, nb)
+            notes.append(f"spatial context: context head (own + neighbour-mean embedding) over the "
+                         f"{'tile' if kind == 'grid' else 'spot'} grid, {int(np.count_nonzero(nb.getnnz(axis=1)))} "
+                         f"of {n} with neighbours")
+        else:
+            X, smooth_note = smooth_at(pred.config, grid, X, enabled=spatial)
+            notes.append(smooth_note)
         thumb, scale = slide.thumbnail(2000)
         platform = pinfo.get("platform") or facts.platform
         if kind == "grid":
@@ -204,7 +223,9 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
                 "resampled": plan.resampled, "positions": kind, "tta_views": pred.tta_views if tta is None else
                 (8 if tta is True else int(tta or 1)), "units": facts.units, "norm": facts.norm,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds_predict": round(seconds_pred, 3),
-                "tiles_per_s": round(n / max(seconds_pred, 1e-9), 2), **pinfo})
+                "tiles_per_s": round(n / max(seconds_pred, 1e-9), 2),
+                "spatial_smoothing": smoothing_weight(pred.config) if spatial and head is None else 0.0,
+                "context_head": head is not None, **pinfo})
         adata.uns["mai"]["notes"] = list(notes)
         from mai_core.data.anndata_io import write_h5ad
 

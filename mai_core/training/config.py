@@ -54,6 +54,11 @@ BASE_CONFIG: dict = {
     # 4 dihedral views: on the unseen HER2ST section C5 the default run gained +0.016 top-50 PCC from 1 to 4 views
     # and nothing more from 8 (-0.002), at half the prediction time (bench/her2st_accuracy.py --tta-sweep)
     "predict": {"tta": 4, "batch_size": 64},
+    # spatial context, chosen on the validation spots when the dataset has spot coordinates
+    # (mai_core.training.spatialfit): context: "auto" fits a head on own + neighbour-mean embeddings and keeps it
+    # when it beats the fine-tuned head, "on" keeps it always, "off"; smoothing (used without a context head): "auto" chooses the
+    # weight of neighbour smoothing of predictions, "off", or a fixed weight in [0, 1]
+    "spatial": {"context": "auto", "smoothing": "auto"},
     "frozen": {"views": 8, "epochs": 60, "batch_size": 64, "lr": 1e-3},
     "ridge": {"pca": 256, "alphas": None},
     "runtime": {
@@ -215,6 +220,14 @@ def validate_config(cfg: dict) -> list[Problem]:
     num("runtime.max_train_minutes", cfg["runtime"]["max_train_minutes"], 0, allow_none=True)
     if cfg["runtime"]["amp"] not in ("auto", "bf16", "off"):
         p.append(Problem("runtime.amp", f"{cfg['runtime']['amp']!r}", "use auto, bf16 or off"))
+    smoothing = (cfg.get("spatial") or {}).get("smoothing", "auto")
+    if smoothing is True:
+        p.append(Problem("spatial.smoothing", "on", "use auto, off or a weight between 0 and 1"))
+    elif smoothing is not False and str(smoothing).lower() not in ("auto", "off"):
+        num("spatial.smoothing", smoothing, 0, 1)
+    context = (cfg.get("spatial") or {}).get("context", "auto")
+    if not isinstance(context, bool) and str(context).lower() not in ("auto", "on", "off"):
+        p.append(Problem("spatial.context", f"{context!r}", "use auto, on or off"))
     if cfg["loss"].get("pearson") not in PEARSON_MODES:
         p.append(Problem("loss.pearson", f"{cfg['loss'].get('pearson')!r}", f"use one of {', '.join(PEARSON_MODES)}"))
     num("loss.pathway_weight", cfg["loss"].get("pathway_weight", 1.0), 0, 100)

@@ -127,11 +127,39 @@ class Trainer:
                 return
             _, pcc = s.val_metrics(z, ctx.loss_fn)
             final["final_val_gene_pcc"] = pcc
-            rec.val_predictions([s.ds.ids[i] for i in s.val_idx], s.genes, z * s.y_std + s.y_mean,
-                                s.ds.X[s.val_idx])
+            pred = z * s.y_std + s.y_mean
+            rec.val_predictions([s.ds.ids[i] for i in s.val_idx], s.genes, pred, s.ds.X[s.val_idx])
             rec.log(f"validation gene PCC of the final predictor (TTA {views} view(s)): {pcc:.4f}")
+            try:
+                self._spatial(ctx, model, pred, pcc, views)
+            except StoppedEarly:
+                rec.status(force=True, state="stopped", error=None, eta_s=None, phase=None)
+                rec.log(f"stopped by {self.stop.signal} while fitting the spatial context; checkpoints are kept, "
+                        "--resume runs the final validation again")
+                return
         rec.status(force=True, **final)
         rec.log(f"finished in {state.elapsed() / 60:.1f} min -> {self.run.path}")
+
+
+    def _spatial(self, ctx: Context, model, pred, pcc: float, views: int) -> None:
+        """Spatial context chosen on the validation spots when the data has coordinates: the context head
+        when it beats the fine-tuned head, else neighbour smoothing (:mod:`.spatialfit`)."""
+        from mai_core.training.spatialfit import spatial_facts
+
+        s, rec, rt = ctx.session, ctx.rec, ctx.rt
+        phase = "spatial context (embedding every spot)"
+        rec.status(force=True, phase=phase, phase_done=0, phase_total=s.ds.n_train, eta_s=None)
+
+        def on_batch(done: int, total: int) -> None:
+            rec.status(phase=phase, phase_done=done * rt.world, phase_total=s.ds.n_train)
+            if self.stop.set and rt.world == 1:
+                raise StoppedEarly
+
+        facts, notes, head = spatial_facts(self.cfg, s, model, pred, pcc, views, on_batch=on_batch)
+        rec.context_head(head)
+        rec.add_facts({"spatial": facts})
+        for note in notes:
+            rec.log(note)
 
 
 def train(config: dict, out, resume: bool = False, progress: bool = True, force: bool = False) -> RunDir:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mai_core.errors import MaiError, Problem
 from mai_core.runs.rundir import (RUN_ENTRIES, RunDir, append_metrics, has_progress, holds_run, truncate_metrics,
-                                  write_config, write_status)
+                                  read_config, write_config, write_status)
 
 
 @dataclass
@@ -117,6 +117,25 @@ class Recorder:
         write_config(self.run, config)
         write_text(self.run.genes_path, "".join(g + "\n" for g in genes))
         grouping.save(self.run.grouping_path)
+
+    def add_facts(self, facts: dict) -> None:
+        """Merge facts resolved after training (e.g. the neighbour-smoothing weight) into config.yaml."""
+        if not self.is_main:
+            return
+        from mai_core.training.config import deep_merge
+
+        write_config(self.run, deep_merge(read_config(self.run), facts))
+
+    def context_head(self, head: tuple | None) -> None:
+        """Save the context head's (weight, bias), or remove an earlier one that is no longer used."""
+        if not self.is_main:
+            return
+        from mai_core.runs.contexthead import CONTEXT_HEAD_FILE, save_context_head
+
+        if head is None:
+            (self.run.path / CONTEXT_HEAD_FILE).unlink(missing_ok=True)
+        else:
+            save_context_head(self.run.path, *head)
 
     # -- log, status, metrics --------------------------------------------------------------------
     def log(self, msg: str, echo: bool | None = None) -> None:
