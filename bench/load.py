@@ -1,6 +1,7 @@
 """Load: N concurrent browser sessions on the demo app while a small training job runs.
 
-    .venv/bin/python bench/load.py [--sessions 8] [--switches 8] [--duration 300] [--epochs 2] [--data DIR]
+    .venv/bin/python bench/load.py [--sessions 8] [--switches 8] [--duration 300] [--epochs 2] [--think 0]
+                                   [--data DIR]
 
 Starts the app as shipped (`streamlit run app.py` from the repository root, `.streamlit/config.toml`:
 127.0.0.1 only) on a free port with a fresh workspace, then three phases, all in this one run:
@@ -10,6 +11,9 @@ baseline session : one headless Chromium session switching between pages, no job
                    page visits warms the app's caches and is not counted);
 load             : the same job again, and N sessions at once, each switching pages until the job has
                    ended and it has made at least --switches switches (or --duration has passed).
+
+``--think S``: each session pauses S seconds (±50 %, seeded) on a page before its next click, as a person
+reading the page would; 0 (the default) clicks again at once, a stress test rather than a model of users.
 
 A page switch is timed from the click on the sidebar link to the new page's title being shown and the
 app no longer running the page. Errors: a switch that times out, a Streamlit exception box or the app's
@@ -113,8 +117,10 @@ async def _page_errors(page) -> list[str]:
 
 
 async def session(k: int, browser, url: str, min_switches: int, deadline: float, job_ended: asyncio.Event,
-                  samples: list, errors: list, skip_first_round: bool) -> None:
+                  samples: list, errors: list, skip_first_round: bool, think_s: float = 0.0) -> None:
     from playwright.async_api import Error as PlaywrightError
+
+    pauses = np.random.default_rng(k)
 
     context = await browser.new_context(viewport={"width": 1300, "height": 900})
     try:
@@ -143,12 +149,14 @@ async def session(k: int, browser, url: str, min_switches: int, deadline: float,
             if not (skip_first_round and i < len(PAGES)):
                 samples.append((link, seconds, not job_ended.is_set()))
             i += 1
+            if think_s > 0:
+                await asyncio.sleep(think_s * pauses.uniform(0.5, 1.5))
     finally:
         await context.close()
 
 
 async def run_sessions(url: str, n: int, min_switches: int, duration: float, job_name: str | None,
-                       skip_first_round: bool) -> tuple[list, list]:
+                       skip_first_round: bool, think_s: float = 0.0) -> tuple[list, list]:
     from playwright.async_api import async_playwright
 
     samples: list = []
@@ -172,8 +180,8 @@ async def run_sessions(url: str, n: int, min_switches: int, duration: float, job
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            tasks = [session(k, browser, url, min_switches, deadline, job_ended, samples, errors, skip_first_round)
-                     for k in range(n)]
+            tasks = [session(k, browser, url, min_switches, deadline, job_ended, samples, errors, skip_first_round,
+                             think_s) for k in range(n)]
             if job_name is not None:
                 tasks.append(watch_job())
             await asyncio.gather(*tasks)
@@ -194,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=300, help=f"seconds the load phase may take (<= {MAX_DURATION})")
     ap.add_argument("--epochs", type=int, default=2, help="epochs of the training job (default 2)")
     ap.add_argument("--data", type=Path, help="dataset folder (default: a tiny generated demo)")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="seconds a session stays on a page before its next click, ±50 %% (default 0: at once)")
     args = ap.parse_args(argv)
-    if not 1 <= args.sessions <= MAX_SESSIONS or not 10 <= args.duration <= MAX_DURATION or args.switches < 1:
-        ap.error(f"--sessions must be 1-{MAX_SESSIONS}, --duration 10-{MAX_DURATION} s, --switches >= 1")
+    if not 1 <= args.sessions <= MAX_SESSIONS or not 10 <= args.duration <= MAX_DURATION or args.switches < 1 \
+            or not 0 <= args.think <= 60:
+        ap.error(f"--sessions must be 1-{MAX_SESSIONS}, --duration 10-{MAX_DURATION} s, --switches >= 1, "
+                 "--think 0-60 s")
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} not found: install Debian's chromium package", file=sys.stderr)
         return 2
@@ -219,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         _proc, url = server.enter_context(start_app(data, tmp / "workspace", tmp / "server.log"))
         jobs_started = []
         try:
-            print(f"app {url} (shipped config), data {data}, {args.sessions} session(s), pages: "
-                  + ", ".join(p[0] for p in PAGES))
+            print(f"app {url} (shipped config), data {data}, {args.sessions} session(s), think time "
+                  f"{args.think:g} s, pages: " + ", ".join(p[0] for p in PAGES))
             # phase 1: the job alone
             t0 = time.time()
             jobs_started.append("alone")
@@ -238,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs_started.append("loaded")
             submit_job(data, "loaded", args.epochs)
             load, load_err, job_end = asyncio.run(run_sessions(url, args.sessions, args.switches, args.duration, "loaded",
-                                                      skip_first_round=False))
+                                                               skip_first_round=False, think_s=args.think))
             loaded = wait_job("loaded", MAX_DURATION)
             # the job's own duration (it may end before the sessions do), not the length of the load phase
             loaded_s = (job_end if job_end is not None else time.time()) - t0
@@ -263,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             unaffected = loaded.state == "finished" and same
             met = args.sessions >= 8 and l95 <= 3.0 and not (base_err or load_err) and unaffected
             print(f"{GOAL} -> {'met' if met else 'not met'} at this size "
-                  f"({args.sessions} sessions, p95 {l95:.2f} s, {len(base_err) + len(load_err)} errors, "
+                  f"({args.sessions} sessions, think time {args.think:g} s, p95 {l95:.2f} s, {len(base_err) + len(load_err)} errors, "
                   f"job {'unaffected' if unaffected else 'affected'})")
         finally:
             for name in jobs_started:
