@@ -5,7 +5,6 @@ it) lives here, the other pages in `pages/`.
 """
 
 import numpy as np
-import plotly.express as px
 import streamlit as st
 
 from mai_core import app as ui
@@ -56,6 +55,8 @@ def home() -> None:
     stats = gene_table(str(ds.root), ds.fingerprint)
     st.dataframe(stats, hide_index=True, width="stretch", height=320,
                  column_config={"zero_fraction": st.column_config.NumberColumn("sparsity", format="%.2f")})
+    import plotly.express as px  # here, not at the top: the page's title and numbers show before it loads
+
     fig = px.histogram(np.log10(stats["mean"].clip(lower=1e-4)), nbins=50,
                        labels={"value": "log10 mean expression"}, title="Gene scales (log10 mean)")
     fig.update_layout(showlegend=False, height=280, margin=dict(t=40, b=10))

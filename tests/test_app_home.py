@@ -45,3 +45,15 @@ def test_home_lists_validation_problems_readably(monkeypatch, demo_dir, workspac
     problems = at.dataframe[0].value
     assert "missing/NaN" in " ".join(problems["problem"].astype(str))
     assert "row 5" in " ".join(problems["where"].astype(str))
+
+
+def test_page_run_times_go_to_the_console_only_when_asked(monkeypatch, demo_dir, workspace, capfd):
+    from mai_core.app.frame import TIMING_ENV, TIMING_MARK
+
+    monkeypatch.setenv(TIMING_ENV, "1")
+    at = _app(monkeypatch, demo_dir, workspace)
+    err = capfd.readouterr().err
+    assert f"{TIMING_MARK} 'Home' ran in " in err, err[-2000:]
+    monkeypatch.setenv(TIMING_ENV, "0")
+    at.run()
+    assert TIMING_MARK not in capfd.readouterr().err

@@ -153,24 +153,40 @@ def sidebar_dataset() -> MAIDataset | None:
 
 
 def run_page(page) -> None:
-    """Run the navigation's chosen page inside :func:`shown_errors`.
+    """Run the navigation's chosen page inside :func:`shown_errors` (``MAI_APP_TIMING=1``: and say how long
+    it took on the server's console).
 
     The native thread pools (BLAS, OpenMP) are first capped at the idle cores: sessions run their pages in
     parallel threads of one process, on a machine that may be busy training.
     """
+    import time
+
     from mai_core.device import cap_native_pools
 
+    t0 = time.perf_counter()
     cap_native_pools()
-    with shown_errors(f"page {getattr(page, 'title', '?')!r}"):
-        page.run()
+    try:
+        with shown_errors(f"page {getattr(page, 'title', '?')!r}"):
+            page.run()
+    finally:  # also when the page stops or reruns itself (Streamlit's signals pass through)
+        if os.environ.get(TIMING_ENV) == "1":  # one line per run, for operators and bench/pages.py
+            print(f"{TIMING_MARK} {getattr(page, 'title', '?')!r} ran in {time.perf_counter() - t0:.3f} s",
+                  file=sys.stderr, flush=True)
     warm_imports()
 
 
-# The libraries the other pages need, heaviest last (seconds to import on a 2-core machine: scikit-learn 2,
-# torch 1.5, timm 2, umap with numba 2). Imported once per server process, after the first page has been
-# drawn, so the first visit of every other page does not wait for them.
+TIMING_ENV = "MAI_APP_TIMING"  # "1": the server console gets a line for every run of a page's script
+TIMING_MARK = "[page-timing]"
+
+
+# The libraries the other pages need, in the order of the sidebar's pages (seconds to import on a 2-core
+# machine: scikit-learn 2, torch 1.5, timm with torch's compiler stack 3, Grad-CAM with matplotlib 0.5, umap with
+# numba 2). Imported once per server process, after the first page has been drawn, so the first visit of
+# every other page does not wait for them (Grad-CAM's first render with EfficientNet-Lite0: 9.3 s cold, 1.5 s
+# after these).
 WARM_MODULES = ("plotly.express", "plotly.subplots", "scipy.cluster.hierarchy", "sklearn.decomposition",
-                "sklearn.cluster", "sklearn.metrics", "torch", "timm", "umap")
+                "sklearn.cluster", "sklearn.metrics", "pyarrow.parquet", "torch", "timm", "pytorch_grad_cam",
+                "umap")
 _WARM: dict = {}
 WARM_DONE = "background imports of the pages' libraries done"  # written to the server console
 
