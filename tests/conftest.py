@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Pages run in this process (AppTest) must not start the app's background imports: a thread importing
+# libraries while other tests run would race with `warnings.catch_warnings` (process-wide state) and hide
+# the warnings those tests expect. Servers started by the browser tests turn it back on where they need it.
+os.environ["MAI_APP_WARM"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

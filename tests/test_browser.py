@@ -39,7 +39,7 @@ def server(demo_dir, tmp_path):
     ws.mkdir()
     port = free_port()
     env = dict(os.environ, MAI_DATA=str(demo_dir), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), MAI_APP_WARM="1")  # as shipped: background imports after the first page
     with serving(streamlit_argv("app.py", port), port, REPO, env, tmp_path / "server.log") as (proc, url):
         yield {"url": url, "proc": proc, "ws": ws, "log": tmp_path / "server.log"}
 
