@@ -261,12 +261,28 @@ def with_smoothing(r: dict, work: Path) -> tuple[dict, dict]:
     return out, {"fold": r["fold"], "weight": w, "val_gene_pcc": facts.get("val_gene_pcc"), "oracle": oracle}
 
 
+def context_row(r: dict, work: Path) -> dict | None:
+    """What ``train`` now does with coordinates (bench/spatial_context.py: the context head where it beats
+    the fine-tuned head on the validation spots, else smoothing), from the run's cached embeddings."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from spatial_context import fold_rows
+
+    out = fold_rows(work, r["fold"], r["seed"])
+    if out is None:
+        return None
+    used = out["_val"][1] > out["_val"][0]
+    print(f"  {r['fold']}: context head validation PCC {out['_val'][1]:.4f} vs fine-tuned head {out['_val'][0]:.4f}: "
+          f"{'context head' if used else 'smoothing'} kept", flush=True)
+    return {**r, "strategy": "default+context", "pcc_top50": out["train rule"][0], "pcc_all": out["train rule"][1],
+            "context_head": bool(used)}
+
+
 def print_loso(rows: list[dict], names: list[str], folds: list[str]) -> None:
     """Per-fold and mean top-50 / all-genes PCC, gain over the plain fine-tune, training wall time."""
     by = {(r["strategy"], r["fold"]): r for r in rows}
     base = "plain_lr1e-3" if any(k[0] == "plain_lr1e-3" for k in by) else None
     print("\nleave-one-section-out, gene-wise PCC on the held-out section (top-50 / all genes), training minutes")
-    print("strategy      " + "".join(f"{f:>22s}" for f in folds) + f"{'mean':>22s}   gain vs plain (top-50)")
+    print("strategy        " + "".join(f"{f:>22s}" for f in folds) + f"{'mean':>22s}   gain vs plain (top-50)")
     for name in names:
         cells, t50, tall = [], [], []
         for f in folds:
@@ -284,7 +300,7 @@ def print_loso(rows: list[dict], names: list[str], folds: list[str]) -> None:
             b = [by[(base, f)]["pcc_top50"] for f in folds if (base, f) in by]
             if len(b) == len(folds):
                 gain = f"{(np.mean(t50) / np.mean(b) - 1) * 100:+.1f} %"
-        print(f"{name:13s} " + "".join(cells) + mean + "   " + gain, flush=True)
+        print(f"{name:15s} " + "".join(cells) + mean + "   " + gain, flush=True)
 
 
 def run_loso(args, work: Path) -> int:
@@ -315,8 +331,13 @@ def run_loso(args, work: Path) -> int:
             extra.append(sm)
             print(f"  {r['fold']}: weight {info['weight']:.1f} chosen on validation; held-out top-50 at weights "
                   + " ".join(f"{w:.1f}:{v[0]:.4f}" for w, v in info["oracle"].items()), flush=True)
+        for r in [r for r in seed_rows if r["strategy"] == "default"]:
+            ctx = context_row(r, work)
+            if ctx is not None:
+                extra.append(ctx)
         rows += extra
-        print_loso(seed_rows + extra, names + (["default+smooth"] if extra else []), sorted(folds))
+        added = [n for n in ("default+smooth", "default+context") if any(r["strategy"] == n for r in extra)]
+        print_loso(seed_rows + extra, names + added, sorted(folds))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0
