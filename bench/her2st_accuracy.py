@@ -18,6 +18,13 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   ensemble validation-weighted ensemble of the trained strategies (except ridge)
 Reports gene-wise PCC on C5 over the 50 most variable training genes (HEST-style) and over all genes,
 plus wall time of each strategy. Needs ../shared/data/her2st; exits cleanly when absent.
+
+Leave-one-section-out (``--folds C2,C3,C4,C5``, strategies default,plain_lr1e-3 unless --strategies says
+otherwise; ``--seeds 0,1``): train on the other three sections, test on each; every (strategy, fold, seed)
+result, its held-out predictions and the default runs' embeddings of every spot are cached in WORK/loso/, so
+``--table-only`` reprints the table for free. The table adds, from that cache, default+smooth (neighbour
+smoothing, weight chosen on the run's validation spots) and default+context (what train does with spot
+coordinates: the context head when it wins on validation; bench/spatial_context.py shows the parts).
 """
 
 from __future__ import annotations
