@@ -19,7 +19,8 @@ A page switch is timed from the click on the sidebar link to the new page's titl
 app no longer running the page. Errors: a switch that times out, a Streamlit exception box or the app's
 generic error notice on the page, a lost connection. Prints p50/p95 per phase and their ratio, the error
 count, and whether the job under load finished with the same validation score (same seed) and how much
-slower it ran. Goal: 8 sessions, p95 <= 3 s, zero errors, job unaffected.
+slower it ran, and where the CPU went during the load phase (app server, browsers, the rest): the browsers
+share the server's cores here, as they would not in use. Goal: 8 sessions, p95 <= 3 s, zero errors, job unaffected.
 
 Bounded: at most 16 sessions, --duration at most 900 s, every wait has a timeout; the server, the browser
 and the job are always stopped at the end. Connects to 127.0.0.1 only. Needs Debian's chromium and
@@ -190,6 +191,67 @@ async def run_sessions(url: str, n: int, min_switches: int, duration: float, job
     return samples, errors, (ended_at[0] if ended_at else None)
 
 
+class CpuMeter:
+    """CPU seconds used between :meth:`start` and :meth:`stop` by the app server, by the browsers, and by the
+    whole machine (the rest: the job, the benchmark itself, anything else running). Processes are sampled
+    every half second, so browser processes that start and end within the phase are counted."""
+
+    def __init__(self, server_pid: int):
+        import threading
+
+        self.server_pid = server_pid
+        self.first: dict = {}
+        self.last: dict = {}
+        self.kind: dict = {}
+        self.halt = threading.Event()
+
+    def _sample(self, at_start: bool = False) -> None:
+        import psutil
+
+        for proc in psutil.process_iter(["pid", "name"]):
+            pid, name = proc.info["pid"], (proc.info["name"] or "").lower()
+            kind = "server" if pid == self.server_pid else "browsers" if "chrom" in name else None
+            if kind is None:
+                continue
+            try:
+                t = proc.cpu_times()
+            except Exception:  # ended meanwhile
+                continue
+            self.kind[pid] = kind
+            self.first.setdefault(pid, t.user + t.system if at_start else 0.0)
+            self.last[pid] = t.user + t.system
+
+    def start(self) -> None:
+        import threading
+
+        import psutil
+
+        self.t0, self.machine0 = time.time(), sum(psutil.cpu_times()[:3])  # user, nice, system
+        self._sample(at_start=True)
+
+        def loop():
+            while not self.halt.wait(0.5):
+                self._sample()
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> str:
+        import psutil
+
+        self.halt.set()
+        self.thread.join()
+        self._sample()
+        wall, machine = time.time() - self.t0, sum(psutil.cpu_times()[:3]) - self.machine0
+        used = {"server": 0.0, "browsers": 0.0}
+        for pid, kind in self.kind.items():
+            used[kind] += self.last[pid] - self.first[pid]
+        rest = machine - used["server"] - used["browsers"]
+        return (f"CPU during the load phase ({wall:.0f} s wall, {wall * os.cpu_count():.0f} core-s): app server "
+                f"{used['server']:.0f} s, browsers {used['browsers']:.0f} s, everything else (the job, this "
+                f"benchmark, other work) {rest:.0f} s")
+
+
 def percentiles(samples: list) -> tuple[float, float]:
     s = np.array([x[1] for x in samples], dtype=float)
     return (float(np.percentile(s, 50)), float(np.percentile(s, 95))) if len(s) else (float("nan"), float("nan"))
@@ -249,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             jobs_started.append("loaded")
             submit_job(data, "loaded", args.epochs)
+            meter = CpuMeter(_proc.pid)
+            meter.start()
             load, load_err, job_end = asyncio.run(run_sessions(url, args.sessions, args.switches, args.duration, "loaded",
                                                                skip_first_round=False, think_s=args.think))
+            cpu_line = meter.stop()
             loaded = wait_job("loaded", MAX_DURATION)
             # the job's own duration (it may end before the sessions do), not the length of the load phase
             loaded_s = (job_end if job_end is not None else time.time()) - t0
@@ -261,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p95 {l95:.2f} s ({l50 / b50:.1f}x / {l95 / b95:.1f}x the single session), "
                   f"{len(load_err)} error(s)")
             print(f"  while the job ran: {len(during)} switches, p50 {d50:.2f} s, p95 {d95:.2f} s")
+            print(f"  {cpu_line}")
             for link, _t in PAGES:
                 ts = [s for s in load if s[0] == link]
                 if ts:

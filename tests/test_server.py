@@ -105,3 +105,14 @@ def test_unexpected_error_shows_the_generic_notice_never_a_traceback(shipped_ser
         assert not re.search(r'File ".*", line \d+', text)
     log = shipped_server["log"].read_text()
     assert "forced-failure-7d1e" in log and "Traceback" in log  # the details went to the server console
+
+
+def test_shipped_config_spends_no_cpu_between_or_after_runs():
+    """No source-file polling, and no full garbage collection after every script run (0.33 s each with the
+    pages' libraries loaded: every page view, slider move and live job-list refresh paid it)."""
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["fileWatcherType"] == "none"
+    assert cfg["runner"]["postScriptGC"] is False
+    assert cfg["client"]["toolbarMode"] == "viewer"
