@@ -300,3 +300,28 @@ def test_context_head_is_used_with_coordinates_only(spatial_demo, tmp_path, caps
                                     neighbour_matrix(centres.astype(float)))
     np.testing.assert_allclose(a.X, slide_want, rtol=1e-3, atol=1e-4)
     assert a.uns["mai"]["context_head"] and any("context head" in n for n in info["notes"])
+
+
+@pytest.mark.slow
+def test_the_apps_submission_and_test_score_predict_as_the_commands_do(fixed_run, spatial_demo, demo_dir, tmp_path,
+                                                                       workspace):
+    """The Results page's submission file and test score go through predict's and evaluate's paths: the same
+    spatial context where the patches have coordinates, progress after every batch."""
+    from mai_core.runs import test_score, write_submission_reporting
+    from mai_core.runs.predict import evaluate_run
+
+    csv = spatial_demo / "train.csv"
+    assert main(["predict", "--run", str(fixed_run), "--csv", str(csv), "--out", str(tmp_path / "cli.csv"),
+                 "--quiet", "--device", "cpu"]) == 0
+    seen = []
+    write_submission_reporting(fixed_run, csv, tmp_path / "app.csv", report=lambda d, t: seen.append((d, t)),
+                               device="cpu")
+    cli = pd.read_csv(tmp_path / "cli.csv", dtype={"ID": str})
+    app = pd.read_csv(tmp_path / "app.csv", dtype={"ID": str})
+    assert list(app.columns) == list(cli.columns)
+    assert np.allclose(app.drop(columns="ID").to_numpy(), cli.drop(columns="ID").to_numpy(), atol=1e-5)
+    assert seen and seen[-1][0] == seen[-1][1] == len(cli)  # the last report covers every patch
+
+    scored = test_score(fixed_run, demo_dir, device="cpu")
+    want = evaluate_run(fixed_run, demo_dir, split="test", device="cpu", progress=False)
+    assert scored["gene_pcc_mean"] == pytest.approx(want["gene_pcc_mean"]) and scored["n_test"] == 40

@@ -18,6 +18,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                    "apply_smoothing", "smooth_at", "smoothing_weight"),
     "contexthead": ("CONTEXT_HEAD_FILE", "context_features", "fit_context_head", "save_context_head",
                     "load_context_head", "apply_context_head", "spatial_predict"),
-    "testscore": ("predict_paths_reporting", "test_score_path", "cached_test_score", "test_score",
+    "testscore": ("test_score_path", "cached_test_score", "test_score",
                   "write_submission_reporting"),
 })
