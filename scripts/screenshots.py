@@ -92,11 +92,10 @@ def main() -> int:
         data, ws = bench.prepare(argparse.Namespace(data=None, workspace=None, no_run=False), tmp)
         env = dict(os.environ, MAI_DATA=str(data), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
                    PYTHONPATH=str(REPO))
-        with open(tmp / "server.log", "w") as log, sync_playwright() as p:
+        with sync_playwright() as p, bench.start_server("app.py", env, tmp / "server.log") as (_proc, base):
             browser = p.chromium.launch(executable_path=str(bench.CHROMIUM), args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update"])
-            proc, base = bench.start_server("app.py", env, log)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 for name in names:  # a first visit of every page fills the caches, as for a user who looked around
@@ -115,7 +114,6 @@ def main() -> int:
                     os.replace(tmp_png, target)
                     print(f"wrote {target}")
             finally:
-                bench.stop(proc)
                 browser.close()
     return 0
 
