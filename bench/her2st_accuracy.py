@@ -79,9 +79,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def prepare(work: Path, top_genes: int) -> tuple[Path, Path]:
     """Import C2–C5 once; split into a C2–C4 training folder and a C5 test folder (hard links)."""
-    import pandas as pd
 
-    from mai_core.data.dataset import write_dataset
     from mai_core.data.importer import import_her2st
 
     full = work / "her2st_all"
@@ -89,9 +87,17 @@ def prepare(work: Path, top_genes: int) -> tuple[Path, Path]:
         t0 = time.time()
         import_her2st(SHARED, full, top_genes=top_genes)
         print(f"imported HER2ST C2-C5 ({time.time() - t0:.0f} s)")
+    return _split(full, "C5", work / "her2st_c2c4", work / "her2st_c5")
+
+
+def _split(full: Path, fold: str, train_dir: Path, test_dir: Path) -> tuple[Path, Path]:
+    """``fold``'s spots into ``test_dir``, the other sections' into ``train_dir`` (hard links; kept once made)."""
+    import pandas as pd
+
+    from mai_core.data.dataset import write_dataset
+
     df = pd.read_csv(full / "train.csv", dtype={"ID": str, "path": str})
-    train_dir, test_dir = work / "her2st_c2c4", work / "her2st_c5"
-    for d, rows in ((train_dir, df[df["section"] != "C5"]), (test_dir, df[df["section"] == "C5"])):
+    for d, rows in ((train_dir, df[df["section"] != fold]), (test_dir, df[df["section"] == fold])):
         if (d / "train.csv").exists():
             continue
         for rel in rows["path"]:
@@ -147,24 +153,12 @@ LOSO_DEFAULT = "default,plain_lr1e-3"
 
 def fold_dirs(work: Path, fold: str, top_genes: int) -> tuple[Path, Path]:
     """Training folder (the other three sections) and test folder (``fold``), hard links into her2st_all."""
-    import pandas as pd
-
-    from mai_core.data.dataset import write_dataset
-
     if fold == "C5":
         return prepare(work, top_genes)  # the single-fold names, so its cached runs are reused
     prepare(work, top_genes)
-    full = work / "her2st_all"
-    df = pd.read_csv(full / "train.csv", dtype={"ID": str, "path": str})
     others = [s for s in SECTIONS if s != fold]
-    train_dir, test_dir = work / ("her2st_" + "".join(s.lower() for s in others)), work / f"her2st_{fold.lower()}"
-    for d, rows in ((train_dir, df[df["section"] != fold]), (test_dir, df[df["section"] == fold])):
-        if (d / "train.csv").exists():
-            continue
-        for rel in rows["path"]:
-            _link(full / rel, d / rel)
-        write_dataset(d, rows.reset_index(drop=True))
-    return train_dir, test_dir
+    return _split(work / "her2st_all", fold, work / ("her2st_" + "".join(s.lower() for s in others)),
+                  work / f"her2st_{fold.lower()}")
 
 
 def train_time(run: Path) -> float:
@@ -239,7 +233,6 @@ def with_smoothing(r: dict, work: Path) -> tuple[dict, dict]:
     """The run's held-out predictions smoothed towards their neighbours with the weight the run chooses on
     its own validation spots (no training, no test data in the choice); plus, for information only, the
     held-out PCC at every weight of the grid (the oracle, never used to choose)."""
-    import pandas as pd
 
     from mai_core.data.dataset import load_dataset
     from mai_core.metrics import gene_pearson
