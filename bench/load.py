@@ -40,15 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mai_core.procs import free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"]
 # (sidebar link, page title) visited in turn; the heavy model pages (Augmentation Lab, Grad-CAM) are left out
 PAGES = [("Home", "Spatial gene expression from H&E"), ("Gene correlation", "Gene Correlation"),
          ("Gene clusters", "Gene Clusters"), ("Results", "Results & ensembles")]
@@ -179,7 +176,7 @@ async def run_sessions(url: str, n: int, min_switches: int, duration: float, job
     if job_name is None:
         job_ended.set()
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        browser = await p.chromium.launch(**chromium_options())
         try:
             tasks = [session(k, browser, url, min_switches, deadline, job_ended, samples, errors, skip_first_round,
                              think_s) for k in range(n)]

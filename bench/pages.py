@@ -35,13 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mai_core.procs import free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CHROMIUM = Path("/usr/bin/chromium")
 PAGES = [  # (url path, sidebar link text)
     ("", "Home"),
     ("Gene_Correlation", "Gene correlation"),
@@ -198,9 +197,7 @@ def main() -> int:
         bare.write_text('import streamlit as st\n\nst.title("Baseline")\nst.write("A bare Streamlit page.")\n')
         rows, baseline = [], []
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update"])
+            browser = p.chromium.launch(**chromium_options())
             try:
                 with start_server(str(bare), env, tmp / "server.log") as (_proc, base):
                     load(browser, base)  # warm the browser itself

@@ -4,6 +4,17 @@ waiting for and stopping a local web app (tests and benchmarks)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
+
+# the browser the browser tests, page benchmarks and screenshots drive (Debian's chromium, through Playwright)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update")
+
+
+def chromium_options() -> dict:
+    """Keyword arguments of Playwright's ``chromium.launch`` for :data:`CHROMIUM` with :data:`CHROMIUM_FLAGS`."""
+    return {"executable_path": str(CHROMIUM), "args": list(CHROMIUM_FLAGS)}
 
 
 def process_start_time(pid) -> int | None:

@@ -93,9 +93,7 @@ def main() -> int:
         env = dict(os.environ, MAI_DATA=str(data), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
                    PYTHONPATH=str(REPO))
         with sync_playwright() as p, bench.start_server("app.py", env, tmp / "server.log") as (_proc, base):
-            browser = p.chromium.launch(executable_path=str(bench.CHROMIUM), args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update"])
+            browser = p.chromium.launch(**bench.chromium_options())
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 for name in names:  # a first visit of every page fills the caches, as for a user who looked around

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mai_core.procs import free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +67,7 @@ def test_app_in_real_browser(server, demo_dir):
     try:
         _fake_job(server["ws"], "busy", sleeper.pid)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update"])
+            browser = p.chromium.launch(**chromium_options())
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server["url"], wait_until="domcontentloaded")
             # home page: dataset counts of the demo (120 train / 40 test patches)
@@ -131,9 +128,7 @@ def test_page_url_loaded_first_shows_the_grouped_navigation(server):
     headers = ["Data", "Genes", "Models", "Slides"]
     folder_links = re.compile(r"^(app|Gene Correlation|Grad CAM|Augmentation Lab)$")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        browser = p.chromium.launch(**chromium_options())
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{server['url']}/Results", wait_until="domcontentloaded")

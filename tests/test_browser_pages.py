@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 from test_browser import _fake_job
 
-from mai_core.procs import free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +60,7 @@ def browser(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        b = p.chromium.launch(**chromium_options())
         try:
             yield b
         finally:

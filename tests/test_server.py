@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from mai_core.procs import free_port, serving
+from mai_core.procs import CHROMIUM, chromium_options, free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 MARK = "forced-failure-7d1e /root/secret-notes.txt"
 
 pytestmark = pytest.mark.slow
@@ -82,9 +81,7 @@ def test_unexpected_error_shows_the_generic_notice_never_a_traceback(shipped_ser
 
     url = f"http://127.0.0.1:{shipped_server['port']}"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        browser = p.chromium.launch(**chromium_options())
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             seen = []

@@ -15,9 +15,10 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                 "compare_runs", "write_submission"),
     "strategies": ("strategies_table", "strategy_row"),
     "neighbours": ("spot_coordinates", "neighbour_matrix", "smooth", "choose_weight", "smoothing_facts",
-                   "apply_smoothing", "smooth_at", "smoothing_weight"),
+                   "neighbour_mean", "smooth_at", "smoothing_weight"),
     "contexthead": ("CONTEXT_HEAD_FILE", "context_features", "fit_context_head", "save_context_head",
-                    "load_context_head", "apply_context_head", "spatial_predict"),
+                    "load_context_head", "apply_context_head", "spatial_model", "spatial_finish",
+                    "spatial_predict"),
     "testscore": ("test_score_path", "cached_test_score", "test_score",
                   "write_submission_reporting"),
 })

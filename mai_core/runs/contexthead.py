@@ -19,10 +19,10 @@ CONTEXT_HEAD_FILE = "context_head.npz"
 
 def context_features(emb: np.ndarray, neighbours) -> np.ndarray:
     """``[own, mean of the neighbours]`` (N×2D); spots without neighbours repeat their own embedding."""
+    from mai_core.runs.neighbours import neighbour_mean
+
     emb = np.asarray(emb, dtype=np.float32)
-    has = np.asarray(neighbours.getnnz(axis=1) > 0)
-    mean = np.where(has[:, None], np.asarray(neighbours @ emb, dtype=np.float32), emb)
-    return np.hstack([emb, mean])
+    return np.hstack([emb, neighbour_mean(emb, neighbours)])
 
 
 def fit_context_head(emb: np.ndarray, neighbours, z: np.ndarray, fit_idx, val_idx, y_mean, y_std,
@@ -62,24 +62,37 @@ def apply_context_head(head: tuple[np.ndarray, np.ndarray], emb: np.ndarray, nei
     return (context_features(emb, neighbours) @ weight + bias).astype(np.float32)
 
 
+def spatial_model(pred, enabled: bool, has_coords: bool):
+    """What predicts under the run's spatial context: ``(predictor, head)`` — the backbone's embedding
+    predictor and the context head when the run has one, it is enabled and the input has coordinates;
+    otherwise ``(pred, None)`` (the fine-tuned head). Finish with :func:`spatial_finish`."""
+    head = load_context_head(pred.path) if pred.path is not None and enabled and has_coords else None
+    features = pred.feature_predictor() if head is not None else None
+    return (features, head) if features is not None else (pred, None)
+
+
+def spatial_finish(pred, head, values: np.ndarray, coords, enabled: bool = True,
+                   what: str = "spots") -> tuple[np.ndarray, str]:
+    """Expression from what :func:`spatial_model`'s predictor returned: the context head applied to the
+    embeddings, else the fine-tuned head's values smoothed with the run's recorded neighbour weight; and a
+    sentence saying what was done. ``coords``: (xy N×2, sections N or None), or None."""
+    from mai_core.runs.neighbours import neighbour_matrix, smooth_at
+
+    if head is not None:
+        nb = neighbour_matrix(*coords)
+        n_with = int(np.count_nonzero(nb.getnnz(axis=1)))
+        return apply_context_head(head, values, nb), (f"spatial context: context head (own + neighbour-mean "
+                                                      f"embedding), {n_with} of {len(values)} {what} with neighbours")
+    if pred.path is not None and (Path(pred.path) / CONTEXT_HEAD_FILE).is_file():
+        why = "turned off for this call" if not enabled else "the input has no spot coordinates px/py or array_x/array_y"
+        return values, f"spatial context: off ({why}); the fine-tuned head predicted"
+    return smooth_at(pred.config, coords, values, enabled)
+
+
 def spatial_predict(pred, paths, coords, enabled: bool = True, **kwargs) -> tuple[np.ndarray, str]:
     """Expression for image ``paths`` with the run's spatial context: its context head when the run has one
     and ``coords`` (xy N×2, sections N) are given, else the fine-tuned head, smoothed with the run's
     neighbour weight where it records one. ``kwargs`` go to ``predict_paths``. Returns (values, a sentence
     saying what was done)."""
-    from mai_core.runs.neighbours import neighbour_matrix, smooth_at
-
-    head = load_context_head(pred.path) if pred.path is not None else None
-    if head is not None and enabled and coords is not None:
-        features = pred.feature_predictor()
-        if features is not None:
-            emb = features.predict_paths(paths, **kwargs)
-            nb = neighbour_matrix(*coords)
-            n_with = int(np.count_nonzero(nb.getnnz(axis=1)))
-            return apply_context_head(head, emb, nb), (f"spatial context: context head (own + neighbour-mean "
-                                                       f"embedding), {n_with} of {len(emb)} spots with neighbours")
-    values = pred.predict_paths(paths, **kwargs)
-    if head is not None:
-        why = "turned off for this call" if not enabled else "the input has no spot coordinates px/py or array_x/array_y"
-        return values, f"spatial context: off ({why}); the fine-tuned head predicted"
-    return smooth_at(pred.config, coords, values, enabled)
+    model, head = spatial_model(pred, enabled, coords is not None)
+    return spatial_finish(pred, head, model.predict_paths(paths, **kwargs), coords, enabled)

@@ -88,17 +88,20 @@ def neighbour_matrix(xy: np.ndarray, sections=None, pitches: dict[str, float] | 
     return sparse.diags(inv) @ a
 
 
+def neighbour_mean(values: np.ndarray, neighbours) -> np.ndarray:
+    """Each row's mean over its neighbours (``neighbour_matrix``); rows without neighbours keep their own."""
+    values = np.asarray(values, dtype=np.float32)
+    has = np.asarray(neighbours.getnnz(axis=1) > 0)
+    return np.where(has[:, None], np.asarray(neighbours @ values, dtype=np.float32), values)
+
+
 def smooth(pred: np.ndarray, neighbours, weight: float) -> np.ndarray:
     """ŷ' = (1 − w)·ŷ + w·(mean of the neighbours' ŷ); spots without neighbours keep ŷ."""
     pred = np.asarray(pred, dtype=np.float32)
     w = float(weight)
     if w <= 0 or neighbours is None or neighbours.nnz == 0:
         return pred
-    has = np.asarray(neighbours.getnnz(axis=1) > 0)
-    mean = np.asarray(neighbours @ pred, dtype=np.float32)
-    out = pred.copy()
-    out[has] = (1 - w) * pred[has] + w * mean[has]
-    return out
+    return ((1 - w) * pred + w * neighbour_mean(pred, neighbours)).astype(np.float32)
 
 
 def choose_weight(pred: np.ndarray, true: np.ndarray, neighbours, weights=WEIGHTS) -> dict:
@@ -168,16 +171,10 @@ def smoothing_facts(setting: dict | None, table, val_idx, pred: np.ndarray, true
                     f"(validation gene PCC {chosen['pcc'][0.0]:.4f} -> {chosen['pcc'][w]:.4f}, {gain:+.4f})"}
 
 
-def apply_smoothing(config: dict, table, pred: np.ndarray, enabled: bool = True) -> tuple[np.ndarray, str]:
-    """Predictions smoothed with the run's recorded weight when ``table`` (rows aligned with ``pred``) has
-    spot coordinates, and a sentence saying what was done."""
-    return smooth_at(config, spot_coordinates(table) if table is not None else None, pred, enabled)
-
-
 def smooth_at(config: dict, coords: tuple[np.ndarray, np.ndarray] | None, pred: np.ndarray,
               enabled: bool = True) -> tuple[np.ndarray, str]:
-    """As :func:`apply_smoothing`, for coordinates given as (xy N×2, sections N or None), e.g. the tile
-    centres of a slide (one section; neighbours on the tile grid)."""
+    """Predictions smoothed with the run's recorded weight at coordinates (xy N×2, sections N or None; e.g. the
+    tile centres of a slide: one section, neighbours on the tile grid), and a sentence saying what was done."""
     w = smoothing_weight(config)
     if not enabled:
         return pred, "neighbour smoothing: off (turned off for this call)"

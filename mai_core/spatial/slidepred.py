@@ -127,8 +127,8 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
     from mai_core.data.slideimage import DEFAULT_MAX_PIXELS
     from mai_core.data.wsi import open_slide
     from mai_core.runs import RunDir, load_predictor
-    from mai_core.runs.contexthead import apply_context_head, load_context_head
-    from mai_core.runs.neighbours import neighbour_matrix, smooth_at, smoothing_weight
+    from mai_core.runs.contexthead import spatial_finish, spatial_model
+    from mai_core.runs.neighbours import smoothing_weight
     from mai_core.spatial.output import build_anndata
     from mai_core.spatial.resolution import plan_read, run_facts
     from mai_core.spatial.stream import stream_tiles
@@ -165,9 +165,7 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
         n, genes = len(ids), pred.genes
         extras = _extras(pred, rd.path, ids, centres, array_xy, facts, counts, labels, spots, programmes, notes)
         # the run's context head (own + neighbour-mean embedding) needs every tile's embedding first
-        head = load_context_head(rd.path) if spatial else None
-        model = pred.feature_predictor() if head is not None else None
-        head, model = (head, model) if model is not None else (None, pred)
+        model, head = spatial_model(pred, spatial, has_coords=True)
         X = np.empty((n, len(model.genes)), dtype=np.float32)
         if progress:
             print(f"{n} {'spots' if kind != 'grid' else 'tissue tiles'} · {len(genes)} genes · {plan.note}",
@@ -195,16 +193,9 @@ def predict_slide(run, image, out, spots=None, grid_um: float | None = None, mpp
         if stop.is_set() or done < n:
             raise Stopped()
         seconds_pred = time.perf_counter() - t_pred
-        grid = (np.asarray(centres, dtype=float), None)
-        if head is not None:
-            nb = neighbour_matrix(*grid)
-            X = apply_context_head(head, X, nb)
-            notes.append(f"spatial context: context head (own + neighbour-mean embedding) over the "
-                         f"{'tile' if kind == 'grid' else 'spot'} grid, {int(np.count_nonzero(nb.getnnz(axis=1)))} "
-                         f"of {n} with neighbours")
-        else:
-            X, smooth_note = smooth_at(pred.config, grid, X, enabled=spatial)
-            notes.append(smooth_note)
+        X, spatial_note = spatial_finish(pred, head, X, (np.asarray(centres, dtype=float), None), enabled=spatial,
+                                         what="tiles of the grid" if kind == "grid" else "spots")
+        notes.append(spatial_note)
         thumb, scale = slide.thumbnail(2000)
         platform = pinfo.get("platform") or facts.platform
         if kind == "grid":
