@@ -214,7 +214,6 @@ def warm_imports(modules=WARM_MODULES) -> None:
                 importlib.import_module(name)
             except Exception:
                 continue
-        _WARM["done"] = True
         print(f"{WARM_DONE} in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
 
     threading.Thread(target=work, name="mai-warm-imports", daemon=True).start()

@@ -106,6 +106,7 @@ EXTRA_TRAIN_OPTIONS: dict = {
     "--fold": _number(int, 0, 1000),
     "--seed": _number(int, 0, 2**32 - 1),
     "--compile": None,
+    "--no-spatial-context": None,
     "--workers": _number(int, 0, 64),
     "--max-train-minutes": _number(float, 0, 1e7),
     "--quiet": None,
