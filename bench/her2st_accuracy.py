@@ -13,6 +13,7 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   ema      default with an EMA of weights (decay 0.95)
   long     default trained for 14 epochs instead of 8
   bblr0.1  default with a 10x lower learning rate for the backbone (--backbone-lr-mult 0.1)
+  lite1    default with the EfficientNet-Lite1 backbone
   plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate (1e-4), no TTA/EMA
   plain_lr1e-3  the same plain fine-tune with learning rate 1e-3
   ensemble validation-weighted ensemble of the trained strategies (except ridge)
@@ -55,11 +56,13 @@ STRATEGIES = {
     "ema": {"optim": {"ema": 0.95}},
     "long": {"optim": {"epochs": 14}},
     "bblr0.1": {"optim": {"backbone_lr_mult": 0.1}},
+    "lite1": {"model": {"backbone": "efficientnet_lite1"}},
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
                                                                       "ema": 0.0, "warmup_epochs": 0.0},
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},
               "predict": {"tta": False}},
 }
+EMBEDDED = ("default", "lite1")  # strategies whose runs also embed every spot (for the context rows)
 STRATEGIES["plain_lr1e-3"] = {**STRATEGIES["plain"], "optim": {**STRATEGIES["plain"]["optim"], "lr": 1e-3}}
 
 
@@ -194,7 +197,7 @@ def loso_one(work: Path, name: str, fold: str, seed: int, top_genes: int, embedd
     cache.mkdir(parents=True, exist_ok=True)
     stem = cache / f"{name}_{fold}_s{seed}"
     res_path, pred_path, emb_path = (stem.with_suffix(".json"), Path(f"{stem}.pred.npz"), Path(f"{stem}.emb.npz"))
-    want_emb = embeddings and name == "default"
+    want_emb = embeddings and name in EMBEDDED
     if res_path.exists() and pred_path.exists() and (emb_path.exists() or not want_emb):
         return json.loads(res_path.read_text())
     train_dir, test_dir = fold_dirs(work, fold, top_genes)

@@ -16,6 +16,10 @@ over its TTA views) and its cached held-out predictions:
   train rule         what train keeps: the context head where it beats the fine-tuned head on the validation
                      spots, else default+smooth
 Top-50 = the 50 most variable genes of the training sections; all = every gene.
+
+``--ensembles default_s0+default_s1,default_s0+lite1_s0`` adds rows for ensembles of cached runs (``STRATEGY_sSEED``
+in WORK/loso with embeddings) as ``mai_core ensemble`` builds them (mean weights) and predicts with them: every
+member's context head, as train fits it, averaged. Members' own context-head rows are printed too.
 """
 
 from __future__ import annotations
@@ -107,11 +111,66 @@ def fold_rows(work: Path, fold: str, seed: int) -> dict | None:
     return out
 
 
+def context_prediction(work: Path, member: str, fold: str) -> tuple | None:
+    """A cached run's held-out predictions through its context head as train fits it (``member``:
+    STRATEGY_sSEED); returns (pred, truth, top-50 indices, held-out IDs) or None when not cached."""
+    import pandas as pd
+
+    from mai_core.runs import RunDir
+    from mai_core.runs.contexthead import apply_context_head, fit_context_head
+    from mai_core.runs.neighbours import neighbour_matrix, spot_coordinates
+
+    name, _, seed = member.rpartition("_s")
+    stem = work / "loso" / f"{name}_{fold}_s{seed}"
+    if not (stem.with_suffix(".json").exists() and Path(f"{stem}.emb.npz").exists()):
+        return None
+    res = json.loads(stem.with_suffix(".json").read_text())
+    emb, cached = np.load(f"{stem}.emb.npz"), np.load(f"{stem}.pred.npz")
+    full = pd.read_csv(work / "her2st_all" / "train.csv", dtype={"ID": str, "path": str})
+    full = full.set_index("ID").loc[[str(i) for i in emb["ids"]]].reset_index()
+    genes = [str(g) for g in cached["genes"]]
+    X, E = full[genes].to_numpy(np.float32), emb["emb"].astype(np.float32)
+    xy, sections = spot_coordinates(full)
+    val_ids = set(str(i) for i in RunDir(res["run"]).read_val_predictions()["ID"])
+    test = np.flatnonzero(sections == fold)
+    val = np.array([i for i, k in enumerate(full["ID"]) if k in val_ids])
+    fit = np.array([i for i in np.flatnonzero(sections != fold) if full["ID"].iat[i] not in val_ids])
+    mu, sd = X[fit].mean(0), X[fit].std(0) + 1e-6
+    head = fit_context_head(E, neighbour_matrix(xy, sections), (X - mu) / sd, fit, val, mu, sd)
+    pred = apply_context_head((head["weight"], head["bias"]), E[test], neighbour_matrix(xy[test], sections[test]))
+    return pred, X[test], cached["top50"], list(full["ID"].iloc[test])
+
+
+def ensemble_rows(work: Path, folds, ensembles) -> dict:
+    """{row name: {fold: (top-50, all)}} for every member and every ensemble (mean of the members' context-head
+    predictions)."""
+    members = sorted({m for e in ensembles for m in e.split("+")})
+    got = {m: {f: context_prediction(work, m, f) for f in folds} for m in members}
+    rows = {}
+    for m in members:
+        if all(got[m][f] is not None for f in folds):
+            rows[f"{m} context head"] = {f: score(got[m][f][1], got[m][f][0], got[m][f][2]) for f in folds}
+        else:
+            print(f"{m}: not cached for every fold (bench/her2st_accuracy.py --folds ... --strategies ...)")
+    for e in ensembles:
+        parts = e.split("+")
+        if not all(f"{m} context head" in rows for m in parts):
+            continue
+        rows[f"ensemble {e}"] = {}
+        for f in folds:
+            first = got[parts[0]][f]
+            assert all(got[m][f][3] == first[3] for m in parts), "members predicted different spots"
+            rows[f"ensemble {e}"][f] = score(first[1], np.mean([got[m][f][0] for m in parts], axis=0), first[2])
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(REPO / "workspace" / "bench_her2st"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", default="C2,C3,C4,C5")
+    ap.add_argument("--ensembles", default="",
+                    help="comma-separated ensembles of cached runs, members joined by +, e.g. default_s0+default_s1")
     args = ap.parse_args()
     work = Path(args.work)
     results = {}
@@ -128,6 +187,11 @@ def main() -> int:
         return 0
     names = [k for k in next(iter(results.values())) if not k.startswith("_")]
     folds = list(results)
+    if args.ensembles:
+        for row, per_fold in ensemble_rows(work, folds, [e for e in args.ensembles.split(",") if e]).items():
+            names.append(row)
+            for f in folds:
+                results[f][row] = per_fold[f]
     print("\nheld-out gene PCC, top-50 / all genes; gain of the mean top-50 over the plain fine-tune")
     print(f"{'':32s}" + "".join(f"{f:>18s}" for f in folds) + f"{'mean':>18s}   gain")
     base = [results[f]["plain fine-tune"][0] for f in folds] if all("plain fine-tune" in results[f] for f in folds) \

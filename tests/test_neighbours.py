@@ -241,7 +241,76 @@ def test_context_head_learns_from_the_neighbours_embeddings():
 
     with_context, own_only = gene_pearson(z[test], pred[test])[0], gene_pearson(z[test], own[test])[0]
     assert with_context > 0.9 and with_context > own_only + 0.2
-    assert np.allclose(head["val_pred"], pred[val], atol=1e-4)
+    # the validation score is the fit-only map's; the map kept is refitted on fit ∪ val with the same penalty
+    fit_only = fit_context_head(emb, nb, z, fit, val, np.zeros(5), np.ones(5), pca=0, refit=False)
+    assert head["refit"] and not fit_only["refit"] and head["alpha"] == fit_only["alpha"]
+    np.testing.assert_allclose(head["val_pred"], fit_only["val_pred"], atol=1e-5)
+    assert np.allclose(fit_only["val_pred"], apply_context_head((fit_only["weight"], fit_only["bias"]), emb, nb)[val],
+                       atol=1e-4)
+    assert not np.allclose(head["weight"], fit_only["weight"], atol=1e-4)
+    both = np.concatenate([fit, val])
+    from mai_core.runs.contexthead import context_features
+
+    f = context_features(emb, nb)
+    ref = predict_ridge(fit_ridge(f[both], z[both], alphas=(head["alpha"],), pca=0), f)
+    np.testing.assert_allclose(pred, ref, atol=1e-3)
+
+
+def test_an_ensembles_context_head_is_the_weighted_mean_of_its_members_heads():
+    from mai_core.runs.contexthead import ensemble_context_head
+
+    rng = np.random.default_rng(3)
+    xy = _square(6, 5)
+    nb = neighbour_matrix(xy)
+    dims, genes = (4, 7), 3
+    heads = [(rng.normal(size=(2 * d, genes)).astype(np.float32), rng.normal(size=genes).astype(np.float32))
+             for d in dims]
+    embs = [rng.normal(size=(len(xy), d)).astype(np.float32) for d in dims]
+    weights = [0.25, 0.75]
+    want = sum(w * apply_context_head(h, e, nb) for w, h, e in zip(weights, heads, embs))
+    got = apply_context_head(ensemble_context_head(heads, [1.0, 3.0]), np.hstack(embs), nb)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_context_runs_predicts_with_its_members_context_heads(spatial_demo, tmp_path, capsys):
+    """An ensemble whose members all have context heads predicts spots with coordinates as the weighted mean of
+    the members' context-head predictions; when one member has none, it says which and uses the fine-tuned
+    heads."""
+    from mai_core.runs import load_predictor
+
+    cfg = tmp_path / "on.yaml"
+    cfg.write_text("spatial:\n  context: on\n")
+    runs = []
+    assert TINY[-2:] == ["--seed", "1"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAI_WORKSPACE", str(tmp_path / "ws"))
+        for seed, extra in ((1, ["--config", str(cfg)]), (2, ["--config", str(cfg)]), (3, ["--no-spatial-context"])):
+            runs.append(tmp_path / f"r{seed}")
+            assert main(["train", "--data", str(spatial_demo), "--out", str(runs[-1]), *extra,
+                         *TINY[:-1], str(seed)]) == 0
+        assert main(["ensemble", "--runs", str(runs[0]), str(runs[1]), "--out", str(tmp_path / "ens")]) == 0
+        assert main(["ensemble", "--runs", str(runs[0]), str(runs[2]), "--out", str(tmp_path / "mixed")]) == 0
+    table = pd.read_csv(spatial_demo / "train.csv", dtype={"ID": str})
+    paths = [spatial_demo / p for p in table["path"]]
+    nb = neighbour_matrix(*spot_coordinates(table))
+    members = []
+    for r in runs[:2]:
+        p = load_predictor(r, device="cpu")
+        members.append(apply_context_head(load_context_head(r), p.feature_predictor().predict_paths(paths), nb))
+    want = 0.5 * (members[0] + members[1])
+    capsys.readouterr()
+    got = {}
+    for name in ("ens", "mixed"):
+        assert main(["predict", "--run", str(tmp_path / name), "--csv", str(spatial_demo / "train.csv"),
+                     "--out", str(tmp_path / f"{name}.csv"), "--quiet", "--device", "cpu"]) == 0
+        got[name] = pd.read_csv(tmp_path / f"{name}.csv", dtype={"ID": str}).drop(columns="ID").to_numpy()
+        got[name + "_msg"] = capsys.readouterr().out
+    assert "context head" in got["ens_msg"]
+    np.testing.assert_allclose(got["ens"], want, rtol=1e-3, atol=1e-4)
+    assert "member r3 has no context head" in got["mixed_msg"]
+    plain = load_predictor(tmp_path / "mixed", device="cpu").predict_paths(paths)
+    np.testing.assert_allclose(got["mixed"], plain, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.slow

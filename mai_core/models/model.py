@@ -193,6 +193,21 @@ class ModelFeatures(nn.Module):
         return self.model.features(x)
 
 
+class EnsembleFeatures(nn.Module):
+    """An ensemble's members' pooled features side by side: images → [f_1 | f_2 | …] (for context heads)."""
+
+    def __init__(self, ensemble: MeanEnsemble):
+        super().__init__()
+        self.ensemble = ensemble
+
+    @property
+    def num_features(self) -> int:
+        return int(sum(m.num_features for m in self.ensemble.members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.features(x) for m in self.ensemble.members], dim=1)
+
+
 class OriginalUnits(nn.Module):
     """Wrap a GeneModel (or an ensemble of them) so that forward returns original-unit expression."""
 

@@ -26,17 +26,31 @@ def context_features(emb: np.ndarray, neighbours) -> np.ndarray:
 
 
 def fit_context_head(emb: np.ndarray, neighbours, z: np.ndarray, fit_idx, val_idx, y_mean, y_std,
-                     pca: int = 256) -> dict:
+                     pca: int = 256, refit: bool = True) -> dict:
     """Ridge from context features to standardised targets ``z`` (rows ``fit_idx``; penalty on ``val_idx``),
-    folded into original units. Returns {"weight", "bias", "alpha", "val_pred" (original units)}."""
+    folded into original units. Returns {"weight", "bias", "alpha", "val_pred" (original units), "refit"}.
+
+    ``val_pred`` always comes from the map fitted on ``fit_idx`` alone, so it is an honest validation score.
+    With ``refit`` the map returned is then fitted again on ``fit_idx`` ∪ ``val_idx`` with the chosen penalty:
+    the validation spots have done their job (choosing the penalty and deciding whether the head is kept) and
+    add a fifth more spots to learn from (``bench/spatial_context.py`` measures the difference)."""
     from mai_core.models.ridge import fit_ridge
 
     f = context_features(emb, neighbours)
     r = fit_ridge(f[fit_idx], z[fit_idx], f[val_idx], z[val_idx], pca=pca)
     std = np.asarray(y_std, dtype=np.float32)
-    weight = (r.weight * std[None, :]).astype(np.float32)
-    bias = (r.bias * std + np.asarray(y_mean, dtype=np.float32)).astype(np.float32)
-    return {"weight": weight, "bias": bias, "alpha": r.alpha, "val_pred": f[val_idx] @ weight + bias}
+    mean = np.asarray(y_mean, dtype=np.float32)
+
+    def original_units(fit) -> tuple[np.ndarray, np.ndarray]:
+        return (fit.weight * std[None, :]).astype(np.float32), (fit.bias * std + mean).astype(np.float32)
+
+    weight, bias = original_units(r)
+    val_pred = f[val_idx] @ weight + bias
+    both = np.concatenate([np.asarray(fit_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)])
+    if refit and len(val_idx):
+        weight, bias = original_units(fit_ridge(f[both], z[both], alphas=(r.alpha,), pca=pca))
+    return {"weight": weight, "bias": bias, "alpha": r.alpha, "val_pred": val_pred,
+            "refit": bool(refit and len(val_idx))}
 
 
 def save_context_head(run_path, weight: np.ndarray, bias: np.ndarray) -> Path:
@@ -50,11 +64,56 @@ def save_context_head(run_path, weight: np.ndarray, bias: np.ndarray) -> Path:
 
 
 def load_context_head(run_path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run's context head (weight, bias), or None. For an ensemble: one head over its members' embeddings
+    side by side (:class:`mai_core.models.model.EnsembleFeatures`) when every member has one
+    (:func:`ensemble_context_head`), else None."""
     path = Path(run_path) / CONTEXT_HEAD_FILE
-    if not path.is_file():
+    if path.is_file():
+        with np.load(path) as z:
+            return z["weight"], z["bias"]
+    members = _ensemble_members(run_path)
+    if not members:
         return None
-    with np.load(path) as z:
-        return z["weight"], z["bias"]
+    heads = [load_context_head(m) for m, _ in members]
+    if any(h is None for h in heads):
+        return None
+    return ensemble_context_head(heads, [w for _, w in members])
+
+
+def _ensemble_members(run_path) -> list[tuple[Path, float]]:
+    from mai_core.runs.rundir import RunDir, read_config
+
+    run = RunDir(run_path)
+    if not run.config_path.is_file():
+        return []
+    cfg = read_config(run)
+    if cfg.get("kind") != "ensemble":
+        return []
+    out = []
+    for m in cfg.get("members") or []:
+        mp = Path(m["path"])
+        out.append(((run.path / mp).resolve() if not mp.is_absolute() else mp, float(m.get("weight", 1.0))))
+    return out
+
+
+def ensemble_context_head(heads, weights) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted mean of members' context heads as one linear map on ``context_features`` of the members'
+    embeddings side by side: features ``[e_1 … e_k, m_1 … m_k]`` (own embeddings, then neighbour means), so
+    member i's own block and neighbour block are placed at its offsets and scaled by its weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    dims = [h[0].shape[0] // 2 for h in heads]
+    total = sum(dims)
+    genes = heads[0][0].shape[1]
+    weight = np.zeros((2 * total, genes), dtype=np.float32)
+    bias = np.zeros(genes, dtype=np.float64)
+    at = 0
+    for (hw, hb), d, wi in zip(heads, dims, w):
+        weight[at:at + d] = wi * hw[:d]
+        weight[total + at:total + at + d] = wi * hw[d:]
+        bias += wi * hb
+        at += d
+    return weight, bias.astype(np.float32)
 
 
 def apply_context_head(head: tuple[np.ndarray, np.ndarray], emb: np.ndarray, neighbours) -> np.ndarray:
@@ -86,6 +145,14 @@ def spatial_finish(pred, head, values: np.ndarray, coords, enabled: bool = True,
     if pred.path is not None and (Path(pred.path) / CONTEXT_HEAD_FILE).is_file():
         why = "turned off for this call" if not enabled else "the input has no spot coordinates px/py or array_x/array_y"
         return values, f"spatial context: off ({why}); the fine-tuned head predicted"
+    members = _ensemble_members(pred.path) if pred.path is not None else []
+    if members:
+        without = [m.name for m, _ in members if not (m / CONTEXT_HEAD_FILE).is_file()]
+        why = ("turned off for this call" if not enabled else
+               "the input has no spot coordinates" if coords is None else
+               f"member{'s' if len(without) > 1 else ''} {', '.join(without)} ha{'ve' if len(without) > 1 else 's'} "
+               "no context head" if without else "no context head")
+        return values, f"spatial context: off ({why}); the members' fine-tuned heads predicted"
     return smooth_at(pred.config, coords, values, enabled)
 
 

@@ -176,13 +176,16 @@ class Predictor:
 
     def feature_predictor(self) -> "Predictor | None":
         """A predictor of the backbone's pooled embeddings (same views, layout, threads) instead of expression;
-        None for an ensemble."""
-        from mai_core.models.model import ModelFeatures
+        for an ensemble, its members' embeddings side by side (member order). None when the model has none."""
+        from mai_core.models.model import EnsembleFeatures, MeanEnsemble, ModelFeatures
 
         inner = getattr(self.model, "inner", None)
-        if inner is None or not hasattr(inner, "features"):
+        if isinstance(self.model, MeanEnsemble) and all(hasattr(m, "features") for m in self.model.members):
+            feats = EnsembleFeatures(self.model)
+        elif inner is None or not hasattr(inner, "features"):
             return None
-        feats = ModelFeatures(inner)
+        else:
+            feats = ModelFeatures(inner)
         return Predictor(feats, [f"f{i}" for i in range(feats.num_features)], self.config, self.device,
                          tta_views=self.tta_views, batch_size=self.batch_size, path=self.path,
                          channels_last=self.channels_last)
