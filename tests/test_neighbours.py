@@ -291,6 +291,8 @@ def test_an_ensemble_of_context_runs_predicts_with_its_members_context_heads(spa
                          *TINY[:-1], str(seed)]) == 0
         assert main(["ensemble", "--runs", str(runs[0]), str(runs[1]), "--out", str(tmp_path / "ens")]) == 0
         assert main(["ensemble", "--runs", str(runs[0]), str(runs[2]), "--out", str(tmp_path / "mixed")]) == 0
+    assert _config(tmp_path / "ens")["spatial"]["context_head"] is True
+    assert _config(tmp_path / "mixed")["spatial"]["context_head"] is False
     table = pd.read_csv(spatial_demo / "train.csv", dtype={"ID": str})
     paths = [spatial_demo / p for p in table["path"]]
     nb = neighbour_matrix(*spot_coordinates(table))

@@ -30,6 +30,8 @@ def run(args) -> int:
     for m in cfg["members"]:
         pcc = m["val_gene_pcc"]
         print(f"  {m['path']}: weight {m['weight']:.3f}, val gene PCC {'-' if pcc is None else f'{pcc:.4f}'}")
+    if (cfg.get("spatial") or {}).get("context_head"):
+        print("  spatial context: every member has a context head; spots with coordinates are predicted through them")
     pcc = read_status(ens).get("best_val_gene_pcc")
     print(f"wrote {ens.path}" + (f" (val gene PCC {pcc:.4f} on {cfg['val_common_ids']} common IDs)" if pcc is not None else ""))
     return 0

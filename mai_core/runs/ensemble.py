@@ -65,6 +65,7 @@ def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True, for
 
     from mai_core.io import atomic_dir, write_json, write_parquet, write_text
     from mai_core.metrics import gene_pearson
+    from mai_core.runs.contexthead import CONTEXT_HEAD_FILE
     from mai_core.runs.rundir import write_config
 
     if weights not in WEIGHTINGS:
@@ -131,6 +132,8 @@ def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True, for
         "predict": {"tta": int(tta) if tta > 1 else False, "batch_size": int(min((c.get("predict") or {}).get("batch_size", 64) for c in cfgs))},
         "n_genes": len(genes),
         "val_common_ids": n_common,
+        # spots with coordinates are predicted through every member's context head when all have one
+        "spatial": {"context_head": all((m.path / CONTEXT_HEAD_FILE).is_file() for m in members)},
         "data": cfgs[0].get("data"),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
