@@ -12,14 +12,18 @@ over its TTA views) and its cached held-out predictions:
                      validation spots): the control for the next row
   ridge(own+nbr)     ridge on own ⊕ mean of the neighbouring spots' embeddings (a context head, TRIPLEX-style)
   mean(default, ridge(own+nbr))   the two averaged
-  context head (product)  mai_core.runs.contexthead, as train fits it (same as ridge(own+nbr))
+  context head (product)  mai_core.runs.contexthead, as train fits it: ridge(own+nbr), then refitted on the
+                     training and validation spots with the chosen penalty (the gap to ridge(own+nbr) is
+                     what the refit adds)
   train rule         what train keeps: the context head where it beats the fine-tuned head on the validation
                      spots, else default+smooth
 Top-50 = the 50 most variable genes of the training sections; all = every gene.
 
 ``--ensembles default_s0+default_s1,default_s0+lite1_s0`` adds rows for ensembles of cached runs (``STRATEGY_sSEED``
-in WORK/loso with embeddings) as ``mai_core ensemble`` builds them (mean weights) and predicts with them: every
-member's context head, as train fits it, averaged. Members' own context-head rows are printed too.
+in WORK/loso with embeddings): every member's context head, as train fits it, averaged with equal weights, which
+is how an ensemble built by ``mai_core ensemble`` (mean weights) predicts when every member kept its head. A
+member whose head would lose to its fine-tuned head on its validation spots is named (the product ensemble
+would then fall back to the fine-tuned heads). Members' own context-head rows are printed too.
 """
 
 from __future__ import annotations
@@ -131,12 +135,20 @@ def context_prediction(work: Path, member: str, fold: str) -> tuple | None:
     genes = [str(g) for g in cached["genes"]]
     X, E = full[genes].to_numpy(np.float32), emb["emb"].astype(np.float32)
     xy, sections = spot_coordinates(full)
-    val_ids = set(str(i) for i in RunDir(res["run"]).read_val_predictions()["ID"])
+    val_ids = {str(i) for i in RunDir(res["run"]).read_val_predictions()["ID"]}  # the run's own split
     test = np.flatnonzero(sections == fold)
     val = np.array([i for i, k in enumerate(full["ID"]) if k in val_ids])
     fit = np.array([i for i in np.flatnonzero(sections != fold) if full["ID"].iat[i] not in val_ids])
     mu, sd = X[fit].mean(0), X[fit].std(0) + 1e-6
     head = fit_context_head(E, neighbour_matrix(xy, sections), (X - mu) / sd, fit, val, mu, sd)
+    from mai_core.metrics import gene_pearson
+
+    vp = RunDir(res["run"]).read_val_predictions()
+    run_genes = RunDir(res["run"]).read_genes()
+    pos = {k: i for i, k in enumerate(full["ID"])}
+    own_val = gene_pearson(X[[pos[str(i)] for i in vp["ID"]]], vp[[f"pred:{g}" for g in run_genes]].to_numpy())[0]
+    if gene_pearson(X[val], head["val_pred"])[0] <= own_val:
+        print(f"  {member} {fold}: its context head loses to its fine-tuned head on validation; train would drop it")
     pred = apply_context_head((head["weight"], head["bias"]), E[test], neighbour_matrix(xy[test], sections[test]))
     return pred, X[test], cached["top50"], list(full["ID"].iloc[test])
 

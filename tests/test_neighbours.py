@@ -314,6 +314,17 @@ def test_an_ensemble_of_context_runs_predicts_with_its_members_context_heads(spa
     plain = load_predictor(tmp_path / "mixed", device="cpu").predict_paths(paths)
     np.testing.assert_allclose(got["mixed"], plain, rtol=1e-3, atol=1e-4)
 
+    # a stored test score belongs to what predicts: a member's context head changing makes it stale
+    import os
+
+    from mai_core.runs import test_score_path
+
+    before = {r: test_score_path(r, "data") for r in (tmp_path / "ens", runs[0])}
+    head_file = runs[0] / CONTEXT_HEAD_FILE
+    st = head_file.stat()
+    os.utime(head_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert all(test_score_path(r, "data") != p for r, p in before.items())
+
 
 @pytest.mark.slow
 def test_context_head_is_used_with_coordinates_only(spatial_demo, tmp_path, capsys):

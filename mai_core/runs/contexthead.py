@@ -71,7 +71,7 @@ def load_context_head(run_path) -> tuple[np.ndarray, np.ndarray] | None:
     if path.is_file():
         with np.load(path) as z:
             return z["weight"], z["bias"]
-    members = _ensemble_members(run_path)
+    members = ensemble_members(run_path)
     if not members:
         return None
     heads = [load_context_head(m) for m, _ in members]
@@ -80,7 +80,8 @@ def load_context_head(run_path) -> tuple[np.ndarray, np.ndarray] | None:
     return ensemble_context_head(heads, [w for _, w in members])
 
 
-def _ensemble_members(run_path) -> list[tuple[Path, float]]:
+def ensemble_members(run_path) -> list[tuple[Path, float]]:
+    """An ensemble directory's (member path, weight) pairs; [] for a run that is not an ensemble."""
     from mai_core.runs.rundir import RunDir, read_config
 
     run = RunDir(run_path)
@@ -127,6 +128,12 @@ def spatial_model(pred, enabled: bool, has_coords: bool):
     otherwise ``(pred, None)`` (the fine-tuned head). Finish with :func:`spatial_finish`."""
     head = load_context_head(pred.path) if pred.path is not None and enabled and has_coords else None
     features = pred.feature_predictor() if head is not None else None
+    if features is not None and head[0].shape[0] != 2 * len(features.genes):
+        from mai_core.errors import MaiError
+
+        raise MaiError(f"the context head of {pred.path} does not fit its model ({head[0].shape[0]} inputs, the "
+                       f"model's embeddings give {2 * len(features.genes)})",
+                       hint="train the run again, or predict with --no-spatial-context")
     return (features, head) if features is not None else (pred, None)
 
 
@@ -145,7 +152,7 @@ def spatial_finish(pred, head, values: np.ndarray, coords, enabled: bool = True,
     if pred.path is not None and (Path(pred.path) / CONTEXT_HEAD_FILE).is_file():
         why = "turned off for this call" if not enabled else "the input has no spot coordinates px/py or array_x/array_y"
         return values, f"spatial context: off ({why}); the fine-tuned head predicted"
-    members = _ensemble_members(pred.path) if pred.path is not None else []
+    members = ensemble_members(pred.path) if pred.path is not None else []
     if members:
         without = [m.name for m, _ in members if not (m / CONTEXT_HEAD_FILE).is_file()]
         why = ("turned off for this call" if not enabled else

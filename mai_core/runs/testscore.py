@@ -21,12 +21,24 @@ def _noop(done: int, total: int) -> None:
     return None
 
 
-def _weights_stamp(run: RunDir) -> str:
-    """Identity of the weights a run predicts with (checkpoint, or config for ensembles)."""
-    ck = run.model_checkpoint()
-    p = ck if ck is not None else run.config_path
-    st = p.stat()
+def _file_stamp(p: Path) -> str:
+    try:
+        st = p.stat()
+    except OSError:
+        return f"{p}:-"
     return f"{p}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _weights_stamp(run: RunDir) -> str:
+    """Identity of what a run predicts with: its checkpoint and context head; for an ensemble its config and
+    every member's (a member trained again, or its context head changed, changes the stamp)."""
+    from mai_core.runs.contexthead import CONTEXT_HEAD_FILE, ensemble_members
+
+    members = ensemble_members(run.path)
+    if members:
+        return "|".join([_file_stamp(run.config_path)] + [_weights_stamp(RunDir(m)) for m, _ in members])
+    ck = run.model_checkpoint()
+    return f"{_file_stamp(ck if ck is not None else run.config_path)}|{_file_stamp(run.path / CONTEXT_HEAD_FILE)}"
 
 
 def test_score_path(run_path, data_fingerprint: str) -> Path:
