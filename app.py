@@ -55,12 +55,15 @@ def home() -> None:
     stats = gene_table(str(ds.root), ds.fingerprint)
     st.dataframe(stats, hide_index=True, width="stretch", height=320,
                  column_config={"zero_fraction": st.column_config.NumberColumn("sparsity", format="%.2f")})
-    import plotly.express as px  # here, not at the top: the page's title and numbers show before it loads
+    # drawn only while open: the first screen (numbers, gallery, gene table) needs no chart library
+    with st.expander("Gene scales: histogram of mean expression", key="home_scales_open", on_change="rerun") as box:
+        if box.open:
+            import plotly.express as px
 
-    fig = px.histogram(np.log10(stats["mean"].clip(lower=1e-4)), nbins=50,
-                       labels={"value": "log10 mean expression"}, title="Gene scales (log10 mean)")
-    fig.update_layout(showlegend=False, height=280, margin=dict(t=40, b=10))
-    st.plotly_chart(fig, width="stretch")
+            fig = px.histogram(np.log10(stats["mean"].clip(lower=1e-4)), nbins=50,
+                               labels={"value": "log10 mean expression"}, title="Gene scales (log10 mean)")
+            fig.update_layout(showlegend=False, height=280, margin=dict(t=40, b=10))
+            st.plotly_chart(fig, width="stretch")
 
 
 PAGES = {

@@ -1,12 +1,16 @@
 """Page speed in a real browser: first render, revisit and one interaction per page of the app.
 
-    python bench/pages.py [--data DEMO_DIR] [--workspace DIR] [--repeats 2] [--no-run]
+    python bench/pages.py [--data DEMO_DIR] [--workspace DIR] [--repeats 2] [--no-run] [--pages Home,Results]
 
 Starts ``streamlit run app.py`` on a free localhost port with the demo dataset (generated if ``--data`` is
 not given: 120 train / 40 test tiles, 60 genes) and a workspace holding one tiny trained run (unless
 ``--no-run``), opens it in headless Chromium (/usr/bin/chromium, Playwright) and measures, for each page:
 
-- first render: the first visit after the server started (cold caches: everything computed once);
+- first render: the first visit after the server started (cold caches: everything computed once), typed into
+  a new browser context (its HTTP cache empty: Streamlit's and Plotly's JavaScript loaded and compiled too);
+- first visit: what a user meets the first time they open each page in their session: on a second fresh
+  server, the app opened on Home, then every page's sidebar link clicked in turn (each page's first run on
+  that server, its caches cold; the browser keeps what it has loaded, as it does for a user);
 - revisit: the page opened again in a new tab and reloaded there ``--repeats`` times (warm caches), median;
 - sidebar switch: from Home, a click on the page's sidebar link until the page has settled;
 - interaction: the first slider on the page moved one step with the keyboard, until the rerun settled.
@@ -131,6 +135,28 @@ def switch(browser, base: str, link: str) -> float:
         ctx.close()
 
 
+def tour(browser, base: str, clock: ServerClock) -> dict[str, tuple[float, float]]:
+    """A user's first visit to every page: the app opened on Home, then each page's sidebar link clicked in
+    turn, on a fresh server (every page's first run, its caches cold). {link: (seconds, server seconds)}."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    out = {}
+    try:
+        t0 = time.time()
+        page.goto(base, wait_until="commit")
+        out["Home"] = (settled_at(page, t0, rerun=False), sum(clock.runs()))
+        for _path, link in PAGES[1:]:
+            target = page.get_by_test_id("stSidebarNav").get_by_text(link, exact=True)
+            t0 = time.time()
+            target.click()
+            out[link] = (settled_at(page, t0, rerun=True), sum(clock.runs()))
+            print(f"  first visit from the sidebar {link}: {out[link][0]:.2f} s (server {out[link][1]:.2f} s)",
+                  flush=True)
+        return out
+    finally:
+        ctx.close()
+
+
 def interact(browser, url: str) -> tuple[float | None, str]:
     """Move the page's first slider one step; (seconds, slider label), or (None, why not)."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -182,7 +208,16 @@ def main() -> int:
     ap.add_argument("--workspace", help="workspace folder (default: a temporary one)")
     ap.add_argument("--repeats", type=int, default=2, help="revisits per page (median reported)")
     ap.add_argument("--no-run", action="store_true", help="no trained run (Results and Grad-CAM stay empty)")
+    ap.add_argument("--pages", help="comma-separated sidebar names to measure (default: all), e.g. Home,Results")
     args = ap.parse_args()
+    if args.pages:
+        wanted = {w.strip().lower() for w in args.pages.split(",") if w.strip()}
+        unknown = wanted - {link.lower() for _p, link in PAGES}
+        if unknown:
+            print(f"unknown page(s) {sorted(unknown)}; choose from {', '.join(link for _p, link in PAGES)}",
+                  file=sys.stderr)
+            return 2
+        PAGES[:] = [(p, link) for p, link in PAGES if link.lower() in wanted or link == "Home"]
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} not found: install Debian's chromium package", file=sys.stderr)
         return 2
@@ -221,6 +256,12 @@ def main() -> int:
                         runs = clock.runs()  # the page's load, then the slider's rerun
                         row["server_slider"] = runs[-1] if row["interact"] is not None and len(runs) > 1 else None
                         print(f"  {row['page']}: revisit {row['revisit']:.2f} s", flush=True)
+                with start_server("app.py", env, tmp / "app2.log") as (_proc, base):
+                    clock = ServerClock(tmp / "app2.log")
+                    clock.runs()
+                    visits = tour(browser, base, clock)
+                    for row in rows:
+                        row["tour"], row["server_tour"] = visits.get(row["page"], (None, None))
                 with start_server(str(bare), env, tmp / "server.log") as (_proc, base):
                     baseline.append(load(browser, base, args.repeats))
             finally:
@@ -233,14 +274,15 @@ def main() -> int:
 
     print(f"\nPage times in headless Chromium, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; ratio to the baseline = a bare Streamlit page, {baseline:.2f} s")
-    print(f"{'page':<18} {'first render':>18} {'(server)':>9} {'revisit':>18} {'(server)':>9} {'sidebar switch':>18} "
-          f"{'slider step':>18} {'(server)':>9}  slider")
+    print(f"{'page':<18} {'first render':>18} {'(server)':>9} {'first visit':>18} {'(server)':>9} "
+          f"{'revisit':>18} {'(server)':>9} {'sidebar switch':>18} {'slider step':>18} {'(server)':>9}  slider")
 
     def secs(v):
         return "—" if v is None else f"{v:.2f} s"
 
     for r in rows:
-        print(f"{r['page']:<18} {cell(r['first']):>18} {secs(r['server_first']):>9} {cell(r['revisit']):>18} "
+        print(f"{r['page']:<18} {cell(r['first']):>18} {secs(r['server_first']):>9} {cell(r['tour']):>18} "
+              f"{secs(r['server_tour']):>9} {cell(r['revisit']):>18} "
               f"{secs(r['server_revisit']):>9} {cell(r['switch']):>18} {cell(r['interact']):>18} "
               f"{secs(r['server_slider']):>9}  {r['slider']}")
     return 0

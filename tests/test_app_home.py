@@ -57,3 +57,15 @@ def test_page_run_times_go_to_the_console_only_when_asked(monkeypatch, demo_dir,
     monkeypatch.setenv(TIMING_ENV, "0")
     at.run()
     assert TIMING_MARK not in capfd.readouterr().err
+
+
+def test_the_gene_scales_chart_is_drawn_only_once_its_section_is_opened(monkeypatch, demo_dir, workspace):
+    """The first screen needs no chart library (a first render 1 to 2 s faster in a cold browser,
+    bench/pages.py); the histogram is one click away."""
+    at = _app(monkeypatch, demo_dir, workspace)
+    assert len(at.get("plotly_chart")) == 0
+    assert "Gene scales: histogram of mean expression" in [e.label for e in at.expander]
+    at.session_state["home_scales_open"] = True  # the user opens the section
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 1
