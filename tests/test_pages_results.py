@@ -90,12 +90,23 @@ def test_results_page_shows_runs_metrics_and_structure(app_env):
     assert any(m.label == "best val gene-PCC (1 view, during training)" for m in at.metric)
     frames = [d.value for d in at.dataframe]
     assert any("mean_pcc" in f.columns and set(f["group"]) == {"A", "B"} for f in frames)
+    # only the selected tab is computed: the other tabs' tables are not there yet
+    assert not any("correlation fidelity" in f.columns or "pathway" in f.columns for f in frames)
     # correlation structure: the fidelity number per selected run
+    at.session_state["results_tab"] = "Correlation structure"  # the user opens the tab
+    at.run()
+    assert not at.exception, at.exception
+    frames = [d.value for d in at.dataframe]
     fid = next(f for f in frames if "correlation fidelity" in f.columns)
     assert len(fid) == 1 and np.isfinite(fid["correlation fidelity"].iloc[0])
+    assert not any("mean_pcc" in f.columns for f in frames)
     # strategies of the selected run, read from its config
-    strat = next(f for f in frames if "pathway" in f.columns)
+    at.session_state["results_tab"] = "Compare & ensemble"
+    at.run()
+    strat = next(f for f in (d.value for d in at.dataframe) if "pathway" in f.columns)
     assert len(strat) == 1 and strat["loss"].iloc[0] == "MSE 0.5 + Pearson 0.5"
+    at.session_state["results_tab"] = "Run details"
+    at.run()
     at.selectbox(key="results_run").set_value("good").run()
     assert not at.exception
     gene_pcc = next(m for m in at.metric if m.label.startswith("final val gene-PCC"))
@@ -156,6 +167,8 @@ def test_sidebar_job_runs_to_completion_and_appears_in_results(app_env):
     assert len(read_metrics(run.path)) == 1
     assert any(m.label.startswith("final val gene-PCC") for m in at.metric)
     # submission for the dataset's test.csv, predicted by the finished run
+    at.session_state["results_tab"] = "Submission"
+    at.run()
     at.selectbox(key="results_sub_run").set_value("e2e")
     at.button(key="results_sub_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
