@@ -62,7 +62,7 @@ STRATEGIES = {
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},
               "predict": {"tta": False}},
 }
-EMBEDDED = ("default", "lite1")  # strategies whose runs also embed every spot (for the context rows)
+EMBEDDED = ("default", "lite1", "long")  # strategies whose runs also embed every spot (for the context rows)
 STRATEGIES["plain_lr1e-3"] = {**STRATEGIES["plain"], "optim": {**STRATEGIES["plain"]["optim"], "lr": 1e-3}}
 
 
