@@ -1,7 +1,7 @@
 """Spatial context on top of the fine-tuned default recipe, scored leave-one-section-out on HER2ST from the
 cache of ``bench/her2st_accuracy.py --folds C2,C3,C4,C5`` (no training here).
 
-    .venv/bin/python bench/spatial_context.py [--work DIR] [--seed 0]
+    .venv/bin/python bench/spatial_context.py [--work DIR] [--seed 0] [--ensembles A+B,...] [--plain-seeds 0,1,2]
 
 Per held-out section, from the default run's cached embeddings of every spot (its fine-tuned backbone, mean
 over its TTA views) and its cached held-out predictions:
@@ -183,6 +183,9 @@ def main() -> int:
     ap.add_argument("--folds", default="C2,C3,C4,C5")
     ap.add_argument("--ensembles", default="",
                     help="comma-separated ensembles of cached runs, members joined by +, e.g. default_s0+default_s1")
+    ap.add_argument("--plain-seeds", default="0,1,2",
+                    help="seeds of cached plain fine-tunes to average as a second reference (those cached for "
+                         "every fold are used)")
     args = ap.parse_args()
     work = Path(args.work)
     results = {}
@@ -204,18 +207,38 @@ def main() -> int:
             names.append(row)
             for f in folds:
                 results[f][row] = per_fold[f]
-    print("\nheld-out gene PCC, top-50 / all genes; gain of the mean top-50 over the plain fine-tune")
-    print(f"{'':32s}" + "".join(f"{f:>18s}" for f in folds) + f"{'mean':>18s}   gain")
+    # the plain fine-tune of every seed cached for every fold, and their mean: the reference across seeds
+    plain_seeds = [int(x) for x in args.plain_seeds.split(",") if x.strip()]
+    seeds_here = []
+    for ps in plain_seeds:
+        row = {}
+        for f in folds:
+            cached = work / "loso" / f"plain_lr1e-3_{f}_s{ps}.pred.npz"
+            ref = np.load(work / "loso" / f"default_{f}_s{args.seed}.pred.npz")
+            if cached.exists():
+                truth = context_prediction(work, f"default_s{args.seed}", f)
+                row[f] = score(truth[1], np.load(cached)["pred"], ref["top50"])
+        if len(row) == len(folds):
+            seeds_here.append(ps)
+            names.append(f"plain fine-tune seed {ps}")
+            for f in folds:
+                results[f][f"plain fine-tune seed {ps}"] = row[f]
+    print("\nheld-out gene PCC, top-50 / all genes; gain of the mean top-50 over the plain fine-tune of the same "
+          f"seed ({args.seed}), and over the mean of the plain fine-tunes of seeds {seeds_here}")
+    print(f"{'':32s}" + "".join(f"{f:>18s}" for f in folds) + f"{'mean':>18s}   gain   gain vs seeds")
     base = [results[f]["plain fine-tune"][0] for f in folds] if all("plain fine-tune" in results[f] for f in folds) \
         else None
+    over = (np.mean([[results[f][f"plain fine-tune seed {ps}"][0] for f in folds] for ps in seeds_here])
+            if seeds_here else None)
     for n in names:
         if not all(n in results[f] for f in folds):
             continue
         t = [results[f][n][0] for f in folds]
         a = [results[f][n][1] for f in folds]
         gain = f"{(np.mean(t) / np.mean(base) - 1) * 100:+.1f} %" if base else ""
+        gain_all = f"{(np.mean(t) / over - 1) * 100:+.1f} %" if over else ""
         print(f"{n:32s}" + "".join(f"{x:9.4f}/{z:.4f}  " for x, z in zip(t, a)) +
-              f"{np.mean(t):9.4f}/{np.mean(a):.4f}   {gain}")
+              f"{np.mean(t):9.4f}/{np.mean(a):.4f}   {gain:>7s}   {gain_all:>7s}")
     return 0
 
 
