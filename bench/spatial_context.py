@@ -48,14 +48,16 @@ def score(y: np.ndarray, p: np.ndarray, top) -> tuple[float, float]:
     return float(np.nanmean(r[top])), float(np.nanmean(r))
 
 
-def fold_rows(work: Path, fold: str, seed: int) -> dict | None:
+def cached_fold(work: Path, name: str, fold: str, seed) -> dict | None:
+    """A cached run of strategy ``name`` with ``fold`` held out: its result, cached predictions, expression X and
+    embeddings E of every spot (rows in embedding order), coordinates, and the run's own split into fit (training
+    minus validation), val and test (the held-out section) rows. None when not cached with embeddings."""
     import pandas as pd
 
-    from mai_core.models.ridge import fit_ridge, predict_ridge
     from mai_core.runs import RunDir
-    from mai_core.runs.neighbours import neighbour_matrix, smooth, smoothing_facts, spot_coordinates
+    from mai_core.runs.neighbours import spot_coordinates
 
-    stem = work / "loso" / f"default_{fold}_s{seed}"
+    stem = work / "loso" / f"{name}_{fold}_s{seed}"
     if not (stem.with_suffix(".json").exists() and Path(f"{stem}.emb.npz").exists()):
         return None
     res = json.loads(stem.with_suffix(".json").read_text())
@@ -63,17 +65,29 @@ def fold_rows(work: Path, fold: str, seed: int) -> dict | None:
     full = pd.read_csv(work / "her2st_all" / "train.csv", dtype={"ID": str, "path": str})
     full = full.set_index("ID").loc[[str(i) for i in emb["ids"]]].reset_index()
     genes = [str(g) for g in cached["genes"]]
-    X, E = full[genes].to_numpy(np.float32), emb["emb"].astype(np.float32)
     xy, sections = spot_coordinates(full)
+    run = RunDir(res["run"])
+    vp = run.read_val_predictions()
+    val_ids = {str(i) for i in vp["ID"]}  # the run's own split
+    return {"res": res, "cached": cached, "full": full, "genes": genes, "X": full[genes].to_numpy(np.float32),
+            "E": emb["emb"].astype(np.float32), "xy": xy, "sections": sections, "run": run, "vp": vp,
+            "test": np.flatnonzero(sections == fold),
+            "val": np.array([i for i, k in enumerate(full["ID"]) if k in val_ids]),
+            "fit": np.array([i for i in np.flatnonzero(sections != fold) if full["ID"].iat[i] not in val_ids])}
+
+
+def fold_rows(work: Path, fold: str, seed: int) -> dict | None:
+    from mai_core.models.ridge import fit_ridge, predict_ridge
+    from mai_core.runs.neighbours import neighbour_matrix, smooth, smoothing_facts
+
+    c = cached_fold(work, "default", fold, seed)
+    if c is None:
+        return None
+    cached, full, X, E, xy, sections = c["cached"], c["full"], c["X"], c["E"], c["xy"], c["sections"]
+    run, vp, test, val, fit = c["run"], c["vp"], c["test"], c["val"], c["fit"]
     nb = neighbour_matrix(xy, sections)
     has = np.asarray(nb.getnnz(axis=1) > 0)
     M = np.where(has[:, None], np.asarray(nb @ E), E)
-    run = RunDir(res["run"])
-    vp = run.read_val_predictions()
-    val_ids = set(str(i) for i in vp["ID"])
-    test = np.flatnonzero(sections == fold)
-    val = np.array([i for i, k in enumerate(full["ID"]) if k in val_ids])
-    fit = np.array([i for i in np.flatnonzero(sections != fold) if full["ID"].iat[i] not in val_ids])
     mu, sd = X[fit].mean(0), X[fit].std(0) + 1e-6
     Z = (X - mu) / sd
     top = cached["top50"]
@@ -118,39 +132,25 @@ def fold_rows(work: Path, fold: str, seed: int) -> dict | None:
 def context_prediction(work: Path, member: str, fold: str) -> tuple | None:
     """A cached run's held-out predictions through its context head as train fits it (``member``:
     STRATEGY_sSEED); returns (pred, truth, top-50 indices, held-out IDs) or None when not cached."""
-    import pandas as pd
-
-    from mai_core.runs import RunDir
+    from mai_core.metrics import gene_pearson
     from mai_core.runs.contexthead import apply_context_head, fit_context_head
-    from mai_core.runs.neighbours import neighbour_matrix, spot_coordinates
+    from mai_core.runs.neighbours import neighbour_matrix
 
     name, _, seed = member.rpartition("_s")
-    stem = work / "loso" / f"{name}_{fold}_s{seed}"
-    if not (stem.with_suffix(".json").exists() and Path(f"{stem}.emb.npz").exists()):
+    c = cached_fold(work, name, fold, seed)
+    if c is None:
         return None
-    res = json.loads(stem.with_suffix(".json").read_text())
-    emb, cached = np.load(f"{stem}.emb.npz"), np.load(f"{stem}.pred.npz")
-    full = pd.read_csv(work / "her2st_all" / "train.csv", dtype={"ID": str, "path": str})
-    full = full.set_index("ID").loc[[str(i) for i in emb["ids"]]].reset_index()
-    genes = [str(g) for g in cached["genes"]]
-    X, E = full[genes].to_numpy(np.float32), emb["emb"].astype(np.float32)
-    xy, sections = spot_coordinates(full)
-    val_ids = {str(i) for i in RunDir(res["run"]).read_val_predictions()["ID"]}  # the run's own split
-    test = np.flatnonzero(sections == fold)
-    val = np.array([i for i, k in enumerate(full["ID"]) if k in val_ids])
-    fit = np.array([i for i in np.flatnonzero(sections != fold) if full["ID"].iat[i] not in val_ids])
+    X, E, xy, sections, full = c["X"], c["E"], c["xy"], c["sections"], c["full"]
+    test, val, fit, vp = c["test"], c["val"], c["fit"], c["vp"]
     mu, sd = X[fit].mean(0), X[fit].std(0) + 1e-6
     head = fit_context_head(E, neighbour_matrix(xy, sections), (X - mu) / sd, fit, val, mu, sd)
-    from mai_core.metrics import gene_pearson
-
-    vp = RunDir(res["run"]).read_val_predictions()
-    run_genes = RunDir(res["run"]).read_genes()
+    run_genes = c["run"].read_genes()
     pos = {k: i for i, k in enumerate(full["ID"])}
     own_val = gene_pearson(X[[pos[str(i)] for i in vp["ID"]]], vp[[f"pred:{g}" for g in run_genes]].to_numpy())[0]
     if gene_pearson(X[val], head["val_pred"])[0] <= own_val:
         print(f"  {member} {fold}: its context head loses to its fine-tuned head on validation; train would drop it")
     pred = apply_context_head((head["weight"], head["bias"]), E[test], neighbour_matrix(xy[test], sections[test]))
-    return pred, X[test], cached["top50"], list(full["ID"].iloc[test])
+    return pred, X[test], c["cached"]["top50"], list(full["ID"].iloc[test])
 
 
 def ensemble_rows(work: Path, folds, ensembles) -> dict:
