@@ -13,7 +13,14 @@ from plotly.subplots import make_subplots  # noqa: E402
 
 from mai_core.runs import compare as results  # noqa: E402
 from mai_core.errors import MaiError  # noqa: E402
-from mai_core.runs import RunDir, build_ensemble, cached_test_score, ensemble_path, read_metrics  # noqa: E402
+from mai_core.runs import (  # noqa: E402
+    RunDir,
+    build_ensemble,
+    cached_test_score,
+    ensemble_context_note,
+    ensemble_path,
+    read_metrics,
+)
 from mai_core.workspace import runs_dir  # noqa: E402
 
 
@@ -232,7 +239,7 @@ if tab_cmp.open:  # drawn only while its tab is selected
                 "results_ensemble", "ensemble", ens_name.strip(), ens_target, build,
                 lambda overwrite: build_ensemble([paths[m] for m in members], ensemble_path(ens_name),
                                                  weights=weighting, overwrite=overwrite),
-                lambda e: f"Ensemble **{e.name}** written to `{e.path}`.")
+                lambda e: f"Ensemble **{e.name}** written to `{e.path}`. " + ensemble_context_note(e.path))
             if ens is not None:
                 cmp = results.compare_runs([paths[m] for m in members] + [str(ens.path)])
                 st.dataframe(cmp, hide_index=True, width="stretch",

@@ -293,6 +293,9 @@ def test_an_ensemble_of_context_runs_predicts_with_its_members_context_heads(spa
         assert main(["ensemble", "--runs", str(runs[0]), str(runs[2]), "--out", str(tmp_path / "mixed")]) == 0
     assert _config(tmp_path / "ens")["spatial"]["context_head"] is True
     assert _config(tmp_path / "mixed")["spatial"]["context_head"] is False
+    said = capsys.readouterr().out  # the ensemble command says whether the heads are used, and why not
+    assert "every member has a context head" in said
+    assert f"Spatial context: off (no context head in {runs[2]})" in said
     table = pd.read_csv(spatial_demo / "train.csv", dtype={"ID": str})
     paths = [spatial_demo / p for p in table["path"]]
     nb = neighbour_matrix(*spot_coordinates(table))

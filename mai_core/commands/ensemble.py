@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 NAME = "ensemble"
 OUTPUT = "ensemble directory"
@@ -31,15 +30,9 @@ def run(args) -> int:
     for m in cfg["members"]:
         pcc = m["val_gene_pcc"]
         print(f"  {m['path']}: weight {m['weight']:.3f}, val gene PCC {'-' if pcc is None else f'{pcc:.4f}'}")
-    if (cfg.get("spatial") or {}).get("context_head"):
-        print("  spatial context: every member has a context head; spots with coordinates are predicted through "
-              "the members' heads, averaged with these weights")
-    else:
-        from mai_core.runs.contexthead import CONTEXT_HEAD_FILE
+    from mai_core.runs.contexthead import ensemble_context_note
 
-        without = [m["path"] for m in cfg["members"] if not (Path(m["path"]) / CONTEXT_HEAD_FILE).is_file()]
-        print(f"  spatial context: off (no context head in {', '.join(without)}); the members' fine-tuned heads "
-              "predict")
+    print("  " + ensemble_context_note(ens.path))
     pcc = read_status(ens).get("best_val_gene_pcc")
     print(f"wrote {ens.path}" + (f" (val gene PCC of the fine-tuned heads {pcc:.4f} on {cfg['val_common_ids']} "
                                  "common IDs)" if pcc is not None else ""))

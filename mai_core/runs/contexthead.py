@@ -97,6 +97,20 @@ def ensemble_members(run_path) -> list[tuple[Path, float]]:
     return out
 
 
+def ensemble_context_note(run_path) -> str:
+    """A sentence on an ensemble's spatial context: whether spots with coordinates are predicted through its
+    members' context heads, or which members have none ("" for a run that is not an ensemble)."""
+    members = ensemble_members(run_path)
+    if not members:
+        return ""
+    without = [str(m) for m, _ in members if not (m / CONTEXT_HEAD_FILE).is_file()]
+    if not without:
+        return ("Spatial context: every member has a context head; spots with coordinates are predicted through "
+                "the members' heads, averaged with the ensemble's weights.")
+    return (f"Spatial context: off (no context head in {', '.join(without)}); the members' fine-tuned heads "
+            "predict.")
+
+
 def ensemble_context_head(heads, weights) -> tuple[np.ndarray, np.ndarray]:
     """The weighted mean of members' context heads as one linear map on ``context_features`` of the members'
     embeddings side by side: features ``[e_1 … e_k, m_1 … m_k]`` (own embeddings, then neighbour means), so
