@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "neighbours": ("spot_coordinates", "neighbour_matrix", "smooth", "choose_weight", "smoothing_facts",
                    "neighbour_mean", "smooth_at", "smoothing_weight"),
     "contexthead": ("CONTEXT_HEAD_FILE", "context_features", "fit_context_head", "save_context_head",
-                    "ensemble_context_head", "ensemble_members", "ensemble_context_note",
+                    "ensemble_context_head", "ensemble_members", "ensemble_context_note", "without_context_head",
                     "load_context_head", "apply_context_head", "spatial_model", "spatial_finish",
                     "spatial_predict"),
     "testscore": ("test_score_path", "cached_test_score", "test_score",

@@ -46,11 +46,11 @@ def fit_context_head(emb: np.ndarray, neighbours, z: np.ndarray, fit_idx, val_id
 
     weight, bias = original_units(r)
     val_pred = f[val_idx] @ weight + bias
-    both = np.concatenate([np.asarray(fit_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)])
-    if refit and len(val_idx):
+    refit = bool(refit and len(val_idx))
+    if refit:
+        both = np.concatenate([np.asarray(fit_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)])
         weight, bias = original_units(fit_ridge(f[both], z[both], alphas=(r.alpha,), pca=pca))
-    return {"weight": weight, "bias": bias, "alpha": r.alpha, "val_pred": val_pred,
-            "refit": bool(refit and len(val_idx))}
+    return {"weight": weight, "bias": bias, "alpha": r.alpha, "val_pred": val_pred, "refit": refit}
 
 
 def save_context_head(run_path, weight: np.ndarray, bias: np.ndarray) -> Path:
@@ -80,14 +80,15 @@ def load_context_head(run_path) -> tuple[np.ndarray, np.ndarray] | None:
     return ensemble_context_head(heads, [w for _, w in members])
 
 
-def ensemble_members(run_path) -> list[tuple[Path, float]]:
-    """An ensemble directory's (member path, weight) pairs; [] for a run that is not an ensemble."""
+def ensemble_members(run_path, config: dict | None = None) -> list[tuple[Path, float]]:
+    """An ensemble directory's (member path, weight) pairs, relative member paths resolved against it; [] for a
+    run that is not an ensemble. ``config``: its config.yaml when already read."""
     from mai_core.runs.rundir import RunDir, read_config
 
     run = RunDir(run_path)
-    if not run.config_path.is_file():
+    if config is None and not run.config_path.is_file():
         return []
-    cfg = read_config(run)
+    cfg = read_config(run) if config is None else config
     if cfg.get("kind") != "ensemble":
         return []
     out = []
@@ -97,13 +98,18 @@ def ensemble_members(run_path) -> list[tuple[Path, float]]:
     return out
 
 
+def without_context_head(run_paths) -> list[Path]:
+    """The runs among ``run_paths`` that have no context head."""
+    return [Path(p) for p in run_paths if not (Path(p) / CONTEXT_HEAD_FILE).is_file()]
+
+
 def ensemble_context_note(run_path) -> str:
     """A sentence on an ensemble's spatial context: whether spots with coordinates are predicted through its
     members' context heads, or which members have none ("" for a run that is not an ensemble)."""
     members = ensemble_members(run_path)
     if not members:
         return ""
-    without = [str(m) for m, _ in members if not (m / CONTEXT_HEAD_FILE).is_file()]
+    without = [str(m) for m in without_context_head(m for m, _ in members)]
     if not without:
         return ("Spatial context: every member has a context head; spots with coordinates are predicted through "
                 "the members' heads, averaged with the ensemble's weights.")
@@ -168,11 +174,15 @@ def spatial_finish(pred, head, values: np.ndarray, coords, enabled: bool = True,
         return values, f"spatial context: off ({why}); the fine-tuned head predicted"
     members = ensemble_members(pred.path) if pred.path is not None else []
     if members:
-        without = [m.name for m, _ in members if not (m / CONTEXT_HEAD_FILE).is_file()]
-        why = ("turned off for this call" if not enabled else
-               "the input has no spot coordinates" if coords is None else
-               f"member{'s' if len(without) > 1 else ''} {', '.join(without)} ha{'ve' if len(without) > 1 else 's'} "
-               "no context head" if without else "no context head")
+        without = [m.name for m in without_context_head(m for m, _ in members)]
+        if not enabled:
+            why = "turned off for this call"
+        elif coords is None:
+            why = "the input has no spot coordinates"
+        elif len(without) == 1:
+            why = f"member {without[0]} has no context head"
+        else:
+            why = f"members {', '.join(without)} have no context head"
         return values, f"spatial context: off ({why}); the members' fine-tuned heads predicted"
     return smooth_at(pred.config, coords, values, enabled)
 

@@ -65,7 +65,7 @@ def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True, for
 
     from mai_core.io import atomic_dir, write_json, write_parquet, write_text
     from mai_core.metrics import gene_pearson
-    from mai_core.runs.contexthead import CONTEXT_HEAD_FILE
+    from mai_core.runs.contexthead import without_context_head
     from mai_core.runs.rundir import write_config
 
     if weights not in WEIGHTINGS:
@@ -133,7 +133,7 @@ def build_ensemble(runs, out, weights: str = "mean", overwrite: bool = True, for
         "n_genes": len(genes),
         "val_common_ids": n_common,
         # spots with coordinates are predicted through every member's context head when all have one
-        "spatial": {"context_head": all((m.path / CONTEXT_HEAD_FILE).is_file() for m in members)},
+        "spatial": {"context_head": not without_context_head(m.path for m in members)},
         "data": cfgs[0].get("data"),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -290,6 +290,7 @@ def load_predictor(path, device: str = "auto", channels_last: bool | None = None
 
     from mai_core.device import resolve_device
     from mai_core.models.model import MeanEnsemble, OriginalUnits
+    from mai_core.runs.contexthead import ensemble_members
 
     run = RunDir(path)
     cfg = read_config(run)
@@ -297,10 +298,7 @@ def load_predictor(path, device: str = "auto", channels_last: bool | None = None
     if cfg.get("kind") == "ensemble":
         genes = run.read_genes()
         members, weights = [], []
-        for m in cfg.get("members", []):
-            mp = Path(m["path"])
-            if not mp.is_absolute():
-                mp = (run.path / mp).resolve()
+        for mp, weight in ensemble_members(run.path, cfg):
             mr = RunDir(mp)
             mcfg = read_config(mr)
             mgenes = mr.read_genes()
@@ -308,7 +306,7 @@ def load_predictor(path, device: str = "auto", channels_last: bool | None = None
                 raise MaiError(f"ensemble member {mp} predicts different genes than the ensemble",
                                hint="rebuild the ensemble from runs trained on the same genes")
             members.append(build_run_model(mr, mcfg, genes))
-            weights.append(float(m.get("weight", 1.0)))
+            weights.append(weight)
         if not members:
             raise MaiError(f"ensemble {run.path} lists no members")
         model = MeanEnsemble(members, weights).to(dev).eval()
