@@ -53,16 +53,22 @@ def home() -> None:
 
     st.subheader("Genes")
     stats = gene_table(str(ds.root), ds.fingerprint)
+    unit = ui.dataset_unit(ds)
     st.dataframe(stats, hide_index=True, width="stretch", height=320,
-                 column_config={"zero_fraction": st.column_config.NumberColumn("sparsity", format="%.2f")})
+                 column_config={"mean": st.column_config.NumberColumn(f"mean, {unit.label}"),
+                                "std": st.column_config.NumberColumn(f"std, {unit.label}"),
+                                "cv": st.column_config.NumberColumn("cv (std / mean)"),
+                                "zero_fraction": st.column_config.NumberColumn(
+                                    "sparsity", format="%.2f", help="fraction of patches where the gene is 0")})
     # drawn only while open: the first screen (numbers, gallery, gene table) needs no chart library
     with st.expander("Gene scales: histogram of mean expression", key="home_scales_open", on_change="rerun") as box:
         if box.open:
             import plotly.express as px
 
             fig = px.histogram(np.log10(stats["mean"].clip(lower=1e-4)), nbins=50,
-                               labels={"value": "log10 mean expression"}, title="Gene scales (log10 mean)")
-            fig.update_layout(showlegend=False, height=280, margin=dict(t=40, b=10))
+                               labels={"value": f"log10 of mean expression, {unit.label}"},
+                               title="Gene scales (log10 mean)")
+            fig.update_layout(showlegend=False, height=280, margin=dict(t=40, b=10), yaxis_title="genes")
             st.plotly_chart(fig, width="stretch")
 
 
