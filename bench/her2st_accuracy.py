@@ -12,6 +12,8 @@ Strategies (all through mai_core.train, the same code the CLI runs):
   mse_pearson  default without the covariance term (alpha 0.5, beta 0.5; the default mixes in 0.2)
   ema      default with an EMA of weights (decay 0.95)
   long     default trained for 14 epochs instead of 8
+  he_safe  default with the he_safe augmentation policy (dihedral + mild shift-scale-rotate, brightness/contrast
+           and HED stain jitter) instead of the dihedral flips alone
   bblr0.1  default with a 10x lower learning rate for the backbone (--backbone-lr-mult 0.1)
   lite1    default with the EfficientNet-Lite1 backbone
   plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate (1e-4), no TTA/EMA
@@ -55,6 +57,7 @@ STRATEGIES = {
     "mse_pearson": {"loss": {"alpha": 0.5, "beta": 0.5}},
     "ema": {"optim": {"ema": 0.95}},
     "long": {"optim": {"epochs": 14}},
+    "he_safe": {"aug": {"policy": "he_safe"}},
     "bblr0.1": {"optim": {"backbone_lr_mult": 0.1}},
     "lite1": {"model": {"backbone": "efficientnet_lite1"}},
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
@@ -62,7 +65,7 @@ STRATEGIES = {
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},
               "predict": {"tta": False}},
 }
-EMBEDDED = ("default", "lite1", "long")  # strategies whose runs also embed every spot (for the context rows)
+EMBEDDED = ("default", "lite1", "long", "he_safe")  # strategies whose runs also embed every spot (for the context rows)
 STRATEGIES["plain_lr1e-3"] = {**STRATEGIES["plain"], "optim": {**STRATEGIES["plain"]["optim"], "lr": 1e-3}}
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/load.py [--sessions 8] [--switches 8] [--duration 300] [--epochs 2] [--think 0]
                                    [--data DIR]
 
-Starts the app as shipped (`streamlit run app.py` from the repository root, `.streamlit/config.toml`:
+Starts the app as shipped (`python -m mai_core app`: `streamlit run app.py` from the repository root, `.streamlit/config.toml`:
 127.0.0.1 only) on a free port with a fresh workspace, then three phases, all in this one run:
 
 baseline job     : the training job (finetune EfficientNet-Lite0, tiny demo) alone, the app idle;
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, app_argv, chromium_options, free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,7 +59,7 @@ def start_app(data: Path, workspace: Path, log_path: Path):
     port = free_port()
     env = dict(os.environ, MAI_DATA=str(data), MAI_WORKSPACE=str(workspace), PYTHONPATH=str(REPO),
                MAI_APP_TIMING="1")  # the server logs how long each run of a page's script took
-    return serving(streamlit_argv("app.py", port), port, REPO, env, log_path, timeout_s=120)
+    return serving(app_argv(port), port, REPO, env, log_path, timeout_s=120)
 
 
 def server_runs(log_path: Path, offset: int) -> tuple[list[float], int]:

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, app_argv, chromium_options, free_port, serving, streamlit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -129,9 +129,12 @@ def load(browser, url: str, repeats: int = 1, clock=None) -> float:
 
 
 def start_server(script: str, env: dict, log_path: Path):
-    """``streamlit run SCRIPT`` with the shipped settings on a free port: a context giving (process, url)."""
+    """The app (``script`` "app.py") as the README starts it, ``python -m mai_core app``, or ``streamlit run
+    SCRIPT`` for any other script (the bare baseline), with the shipped settings on a free port (``MAI_BENCH_LAUNCH
+    =streamlit``: the app by ``streamlit run app.py`` too): a context giving (process, url)."""
     port = free_port()
-    return serving(streamlit_argv(script, port), port, REPO, env, log_path)
+    plain = script != "app.py" or os.environ.get("MAI_BENCH_LAUNCH") == "streamlit"
+    return serving(streamlit_argv(script, port) if plain else app_argv(port), port, REPO, env, log_path)
 
 
 def switch(browser, base: str, link: str) -> float:

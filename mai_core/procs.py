@@ -86,6 +86,13 @@ def streamlit_argv(script: str, port: int) -> list[str]:
             "--server.fileWatcherType", "none"]
 
 
+def app_argv(port: int) -> list[str]:
+    """The app as the README starts it (``python -m mai_core app``) on ``port``, with the shipped settings."""
+    import sys
+
+    return [sys.executable, "-m", "mai_core", "app", "--port", str(port)]
+
+
 @contextmanager
 def serving(argv: list[str], port: int, cwd, env: dict, log_path, timeout_s: float = 60.0):
     """Start a web app (``argv``, e.g. :func:`streamlit_argv`) listening on 127.0.0.1:``port``, wait until its

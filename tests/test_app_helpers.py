@@ -268,3 +268,63 @@ st.write("the rest of the page")
     assert UNEXPECTED_ERROR in errors
     assert not any("secret" in e for e in errors)
     assert any("the rest of the page" in m.value for m in at.markdown)
+
+
+def test_background_imports_wait_until_no_page_has_run_for_a_while(monkeypatch):
+    """The server's background imports start only once no page script is running and none has ended for
+    ``quiet_s`` seconds: a page being drawn in the browser never shares the CPU with them."""
+    import sys
+    import threading
+    import time
+
+    from mai_core.app import frame
+
+    name = "mai_core_test_warm_probe_module"
+    monkeypatch.setattr(frame, "_WARM", {})
+    monkeypatch.setattr(frame, "_ACTIVITY", {"running": 0, "last_end": 0.0})
+    monkeypatch.setenv("MAI_APP_WARM", "1")
+    imported = threading.Event()
+
+    class Finder:  # a module that records when it is imported
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != name:
+                return None
+            import importlib.util
+
+            class Loader:
+                def create_module(self, spec):
+                    return None
+
+                def exec_module(self, module):
+                    imported.set()
+
+            return importlib.util.spec_from_loader(name, Loader())
+
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    frame._page_started()  # a page is running
+    frame.warm_imports((name,), quiet_s=0.5)
+    assert not imported.wait(1.0), "imported while a page was running"
+    frame._page_ended()
+    started = time.monotonic()
+    assert imported.wait(5.0), "never imported once the server was idle"
+    assert time.monotonic() - started >= 0.45  # the quiet time after the last page ended
+    assert frame.server_idle(0.0)
+
+
+def test_the_app_command_loads_the_first_dataset_into_the_shared_cache_while_the_server_starts(demo_dir, monkeypatch):
+    from mai_core.app import frame
+    from mai_core.commands.app import preload_dataset
+
+    loads = []
+    real = frame.load_dataset
+    monkeypatch.setattr(frame, "load_dataset", lambda path: loads.append(path) or real(path))
+    monkeypatch.setenv("MAI_DATA", str(demo_dir))
+    frame._load_cached.clear()
+    try:
+        preload_dataset().join(60)
+        assert loads == [str(demo_dir.resolve())]
+        ds = frame.cached_dataset(str(demo_dir))  # what the first page asks for: already there
+        assert loads == [str(demo_dir.resolve())] and ds.n_train > 0
+    finally:
+        frame._load_cached.clear()

@@ -1,4 +1,5 @@
-"""End to end in a real browser: `streamlit run app.py` opened in headless Chromium via Playwright.
+"""End to end in a real browser: the app as the README starts it (`python -m mai_core app`) opened in headless
+Chromium via Playwright.
 
 Checks the home page shows the dataset, the Results page opens from the navigation, the sidebar
 job list refreshes itself while a job runs, and the server sits idle (near-zero CPU) once nothing runs.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mai_core.procs import CHROMIUM, chromium_options, free_port, serving, streamlit_argv
+from mai_core.procs import CHROMIUM, app_argv, chromium_options, free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def server(demo_dir, tmp_path):
     port = free_port()
     env = dict(os.environ, MAI_DATA=str(demo_dir), MAI_WORKSPACE=str(ws), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO), MAI_APP_WARM="1")  # as shipped: background imports after the first page
-    with serving(streamlit_argv("app.py", port), port, REPO, env, tmp_path / "server.log") as (proc, url):
+    with serving(app_argv(port), port, REPO, env, tmp_path / "server.log") as (proc, url):
         yield {"url": url, "proc": proc, "ws": ws, "log": tmp_path / "server.log"}
 
 

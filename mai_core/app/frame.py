@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -165,10 +166,12 @@ def run_page(page) -> None:
 
     t0 = time.perf_counter()
     cap_native_pools()
+    _page_started()
     try:
         with shown_errors(f"page {getattr(page, 'title', '?')!r}"):
             page.run()
     finally:  # also when the page stops or reruns itself (Streamlit's signals pass through)
+        _page_ended()
         if os.environ.get(TIMING_ENV) == "1":  # one line per run, for operators and bench/pages.py
             print(f"{TIMING_MARK} {getattr(page, 'title', '?')!r} ran in {time.perf_counter() - t0:.3f} s",
                   file=sys.stderr, flush=True)
@@ -181,21 +184,47 @@ TIMING_MARK = "[page-timing]"
 
 # The libraries the other pages need, in the order of the sidebar's pages (seconds to import on a 2-core
 # machine: scikit-learn 2, torch 1.5, timm with torch's compiler stack 3, Grad-CAM with matplotlib 0.5, umap with
-# numba 2). Imported once per server process, after the first page has been drawn, so the first visit of
-# every other page does not wait for them (Grad-CAM's first render with EfficientNet-Lite0: 9.3 s cold, 1.5 s
-# after these).
+# numba 2). Imported once per server process while the server is idle, so the first visit of every other page
+# does not wait for them (Grad-CAM's first render with EfficientNet-Lite0: 9.3 s cold, 1.5 s after these).
 WARM_MODULES = ("plotly.express", "plotly.subplots", "scipy.cluster.hierarchy", "sklearn.decomposition",
                 "sklearn.cluster", "sklearn.metrics", "pyarrow.parquet", "torch", "timm", "pytorch_grad_cam",
                 "umap")
+# Seconds without a page run before the next background import starts. A page's run ends before the browser
+# has drawn it: the browser still loads the JavaScript of the page's elements and draws them (about 1 s on 2
+# busy cores), and an import started at once took CPU and Python's lock from both (Home's first render in a new
+# browser 0.3-0.6 s slower).
+WARM_QUIET_S = 2.5
 _WARM: dict = {}
+_ACTIVITY = {"running": 0, "last_end": 0.0}
+_ACTIVITY_LOCK = threading.Lock()
 WARM_DONE = "background imports of the pages' libraries done"  # written to the server console
 
 
-def warm_imports(modules=WARM_MODULES) -> None:
-    """Import ``modules`` in a background thread of low priority, once per process (after the page that
-    calls this has been drawn). A module that fails to import is skipped: the page that needs it reports it."""
-    import threading
+def _page_started() -> None:
+    with _ACTIVITY_LOCK:
+        _ACTIVITY["running"] += 1
 
+
+def _page_ended() -> None:
+    import time
+
+    with _ACTIVITY_LOCK:
+        _ACTIVITY["running"] = max(0, _ACTIVITY["running"] - 1)
+        _ACTIVITY["last_end"] = time.monotonic()
+
+
+def server_idle(quiet_s: float = WARM_QUIET_S) -> bool:
+    """Whether no page script is running in any session and none has ended in the last ``quiet_s`` seconds."""
+    import time
+
+    with _ACTIVITY_LOCK:
+        return _ACTIVITY["running"] == 0 and time.monotonic() - _ACTIVITY["last_end"] >= quiet_s
+
+
+def warm_imports(modules=WARM_MODULES, quiet_s: float = WARM_QUIET_S) -> None:
+    """Import ``modules`` in a background thread of low priority, once per process: each one only once the server
+    has been idle for ``quiet_s`` seconds (:func:`server_idle`), so that the import never competes with a page being
+    run or drawn. A module that fails to import is skipped: the page that needs it reports it."""
     if _WARM.get("started") or os.environ.get("MAI_APP_WARM", "1") == "0":
         return
     _WARM["started"] = True
@@ -210,6 +239,8 @@ def warm_imports(modules=WARM_MODULES) -> None:
         except (AttributeError, OSError):
             pass
         for name in modules:
+            while not server_idle(quiet_s):
+                time.sleep(0.25)
             try:
                 importlib.import_module(name)
             except Exception:
