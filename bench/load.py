@@ -3,7 +3,7 @@
     .venv/bin/python bench/load.py [--sessions 8] [--switches 8] [--duration 300] [--epochs 2] [--think 0]
                                    [--data DIR]
 
-Starts the app as shipped (`python -m mai_core app`: `streamlit run app.py` from the repository root, `.streamlit/config.toml`:
+Starts the app as shipped (`python -m mai_core.app`: `streamlit run app.py` from the repository root, `.streamlit/config.toml`:
 127.0.0.1 only) on a free port with a fresh workspace, then three phases, all in this one run:
 
 baseline job     : the training job (finetune EfficientNet-Lite0, tiny demo) alone, the app idle;

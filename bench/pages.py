@@ -129,7 +129,7 @@ def load(browser, url: str, repeats: int = 1, clock=None) -> float:
 
 
 def start_server(script: str, env: dict, log_path: Path):
-    """The app (``script`` "app.py") as the README starts it, ``python -m mai_core app``, or ``streamlit run
+    """The app (``script`` "app.py") as the README starts it, ``python -m mai_core.app``, or ``streamlit run
     SCRIPT`` for any other script (the bare baseline), with the shipped settings on a free port (``MAI_BENCH_LAUNCH
     =streamlit``: the app by ``streamlit run app.py`` too): a context giving (process, url)."""
     port = free_port()

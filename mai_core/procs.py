@@ -87,10 +87,10 @@ def streamlit_argv(script: str, port: int) -> list[str]:
 
 
 def app_argv(port: int) -> list[str]:
-    """The app as the README starts it (``python -m mai_core app``) on ``port``, with the shipped settings."""
+    """The app as the README starts it (``python -m mai_core.app``) on ``port``, with the shipped settings."""
     import sys
 
-    return [sys.executable, "-m", "mai_core", "app", "--port", str(port)]
+    return [sys.executable, "-m", "mai_core.app", "--port", str(port)]
 
 
 @contextmanager

@@ -314,7 +314,7 @@ def test_background_imports_wait_until_no_page_has_run_for_a_while(monkeypatch):
 
 def test_the_app_command_loads_the_first_dataset_into_the_shared_cache_while_the_server_starts(demo_dir, monkeypatch):
     from mai_core.app import frame
-    from mai_core.commands.app import preload_dataset
+    from mai_core.app.serve import preload_dataset
 
     loads = []
     real = frame.load_dataset

@@ -1,4 +1,4 @@
-"""End to end in a real browser: the app as the README starts it (`python -m mai_core app`) opened in headless
+"""End to end in a real browser: the app as the README starts it (`python -m mai_core.app`) opened in headless
 Chromium via Playwright.
 
 Checks the home page shows the dataset, the Results page opens from the navigation, the sidebar

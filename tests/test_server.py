@@ -1,4 +1,4 @@
-"""The app as shipped: `python -m mai_core app` (Streamlit's `streamlit run app.py` from the repository root with
+"""The app as shipped: `python -m mai_core.app` (Streamlit's `streamlit run app.py` from the repository root with
 `.streamlit/config.toml`, the first page's libraries imported before it listens).
 
 Starts the real server (a free port, bounded start-up, always stopped) and checks that it listens on the
@@ -26,7 +26,7 @@ MARK = "forced-failure-7d1e /root/secret-notes.txt"
 
 pytestmark = pytest.mark.slow
 
-# exactly `python -m mai_core app --port PORT` (the module entry calls the same cli.main), after breaking one loader
+# exactly `python -m mai_core.app --port PORT` (the module entry calls the same serve.main), after breaking one loader
 LAUNCH = f"""
 import sys
 import mai_core.app.frame as frame
@@ -35,8 +35,8 @@ def broken_loader(path):
     raise RuntimeError({MARK!r})
 
 frame.cached_dataset = broken_loader
-from mai_core.cli import main
-sys.exit(main(["app", "--port", sys.argv[1]]))
+from mai_core.app.serve import main
+sys.exit(main(["--port", sys.argv[1]]))
 """
 
 
@@ -120,13 +120,13 @@ def test_the_app_command_says_what_is_wrong_with_its_options():
 
     for bad, said in ((["--port", "70000"], "expected a port number from 1 to 65535, got 70000"),
                       (["--port", "web"], "expected a port number, got 'web'")):
-        out = subprocess.run([sys.executable, "-m", "mai_core", "app", *bad], cwd=REPO, capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "mai_core.app", *bad], cwd=REPO, capture_output=True,
                              text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_the_app_command_hands_its_options_to_streamlit_run():
-    from mai_core.commands.app import streamlit_run_args
+    from mai_core.app.serve import streamlit_run_args
 
     assert streamlit_run_args("app.py") == ["run", "app.py"]  # the shipped settings decide address and port
     assert streamlit_run_args("app.py", 8600, "0.0.0.0") == ["run", "app.py", "--server.port", "8600",

@@ -1,13 +1,12 @@
-"""``python -m mai_core app``: start the web app (``streamlit run app.py`` with the shipped settings), its first
+"""``python -m mai_core.app``: start the web app (``streamlit run app.py`` with the shipped settings), its first
 page ready sooner."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 
-NAME = "app"
-HELP = "start the web app (the Streamlit server of app.py, on this computer only unless told otherwise)"
 DESCRIPTION = (
     "Start the web app: the same server as `streamlit run app.py` from the repository folder, with its settings "
     "(.streamlit/config.toml: 127.0.0.1, port 8501). The libraries the first page needs (numpy, pandas, the "
@@ -16,7 +15,7 @@ DESCRIPTION = (
     "the first page is drawn sooner. Stop it with Ctrl-C."
 )
 # what the first run of Home imports (python -X importtime on a fresh server: about 1 s on a 2-core machine)
-EARLY_MODULES = ("numpy", "pandas", "PIL.Image", "streamlit.emojis", "mai_core.data.dataset", "mai_core.app")
+EARLY_MODULES = ("numpy", "pandas", "PIL.Image", "streamlit.emojis", "mai_core.data.dataset", "mai_core.app.frame")
 
 
 def _port(text: str) -> int:
@@ -29,11 +28,13 @@ def _port(text: str) -> int:
     return value
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mai_core.app", description=DESCRIPTION, allow_abbrev=False)
     p.add_argument("--port", type=_port, metavar="N", help="port to listen on (default 8501, from the settings)")
     p.add_argument("--address", metavar="HOST",
                    help="address to listen on (default 127.0.0.1: this computer only). To let others reach the app, "
                         "read the README's 'Serving the app to others' first")
+    return p
 
 
 def early_imports(modules=EARLY_MODULES) -> None:
@@ -85,18 +86,21 @@ def streamlit_run_args(app_path, port: int | None = None, address: str | None = 
     return args
 
 
-def run(args) -> int:
+def main(argv: list[str] | None = None) -> int:
     import os
     from pathlib import Path
 
     from mai_core.errors import MaiError, Problem
 
+    args = build_parser().parse_args(argv)
     root = Path(__file__).resolve().parents[2]
     app_path = root / "app.py"
     if not (app_path.is_file() and (root / "pages").is_dir()):
-        raise MaiError("the app's files are not next to this mai_core",
+        err = MaiError("the app's files are not next to this mai_core",
                        [Problem(str(root), "no app.py and pages/ here (mai_core was installed without the app)",
                                 "run the command from a clone of the repository, whose mai_core/ sits beside app.py")])
+        print(err.render(), file=sys.stderr)
+        return 2
     os.chdir(root)  # Streamlit reads the shipped settings from ./.streamlit/config.toml
     early_imports()
     preload_dataset()
