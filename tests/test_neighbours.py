@@ -410,3 +410,22 @@ def test_the_apps_submission_and_test_score_predict_as_the_commands_do(fixed_run
     scored = test_score(fixed_run, demo_dir, device="cpu")
     want = evaluate_run(fixed_run, demo_dir, split="test", device="cpu", progress=False)
     assert scored["gene_pcc_mean"] == pytest.approx(want["gene_pcc_mean"]) and scored["n_test"] == 40
+
+
+def test_a_run_whose_model_gives_no_embeddings_says_why_its_context_head_was_not_used(tmp_path):
+    from types import SimpleNamespace
+
+    from mai_core.runs.contexthead import save_context_head, spatial_finish, spatial_model
+
+    save_context_head(tmp_path, np.zeros((8, 3), np.float32), np.zeros(3, np.float32))
+    pred = SimpleNamespace(path=tmp_path, config={}, feature_predictor=lambda: None)
+    model, head = spatial_model(pred, True, True)
+    assert model is pred and head is None
+    values = np.ones((2, 3), np.float32)
+    coords = (np.array([[0.0, 0.0], [1.0, 0.0]]), np.array(["a", "a"]))
+    out, said = spatial_finish(pred, head, values, coords, True)
+    assert out is values
+    assert said == ("spatial context: off (this model gives no embeddings for its context head); the fine-tuned "
+                    "head predicted")
+    assert "no spot coordinates" in spatial_finish(pred, None, values, None, True)[1]
+    assert "turned off" in spatial_finish(pred, None, values, coords, False)[1]

@@ -170,7 +170,12 @@ def spatial_finish(pred, head, values: np.ndarray, coords, enabled: bool = True,
         return apply_context_head(head, values, nb), (f"spatial context: context head (own + neighbour-mean "
                                                       f"embedding), {n_with} of {len(values)} {what} with neighbours")
     if pred.path is not None and (Path(pred.path) / CONTEXT_HEAD_FILE).is_file():
-        why = "turned off for this call" if not enabled else "the input has no spot coordinates px/py or array_x/array_y"
+        if not enabled:
+            why = "turned off for this call"
+        elif coords is None:
+            why = "the input has no spot coordinates px/py or array_x/array_y"
+        else:  # spatial_model found no embedding predictor for this model
+            why = "this model gives no embeddings for its context head"
         return values, f"spatial context: off ({why}); the fine-tuned head predicted"
     members = ensemble_members(pred.path) if pred.path is not None else []
     if members:
