@@ -72,8 +72,11 @@ paths = {r["name"]: r["path"] for _, r in table.iterrows()}
 ready = [n for n in selected["name"] if RunDir(paths[n]).val_predictions_path.is_file()]
 
 # only the selected tab is computed and drawn: the others cost nothing until opened
+notice = st.container()
 tab_run, tab_corr, tab_cmp, tab_sub = st.tabs(["Run details", "Correlation structure", "Compare & ensemble",
                                                "Submission"], key="results_tab", on_change="rerun")
+with notice:  # above the tabs: a submission predicting in the background while its tab is closed
+    ui.submission_notice(tab_sub.open)
 
 # ---------------------------------------------------------------------------------------------- one run
 if tab_run.open:  # drawn only while its tab is selected

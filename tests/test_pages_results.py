@@ -216,3 +216,49 @@ def test_real_training_queue_stop_kill_and_resume(app_env, demo_dir):
     assert done.state == "finished", done.error
     m = read_metrics(done.run_dir)
     assert sorted(m["epoch"].astype(int)) == [1, 2, 3]  # every epoch once, despite stop + kill
+
+
+def _notice_script():
+    import streamlit as st
+
+    from mai_core.app.results import submission_notice
+
+    submission_notice(st.session_state.get("tab_open", False))
+
+
+def test_a_submission_predicting_behind_a_closed_tab_is_announced_above_the_tabs():
+    import threading
+
+    from mai_core.app.tasks import forget_task, start_task
+
+    release = threading.Event()
+
+    def work(report):
+        for i in range(1000):
+            report(i, 40)
+            if release.wait(0.05):
+                return b"ID\n"
+        return b""
+
+    key = "submission:test-notice"
+    forget_task(key)
+    start_task(key, "Predicting test.csv with r1", work, unit="patches")
+    try:
+        at = AppTest.from_function(_notice_script, default_timeout=30)
+        at.session_state["_mai_submission"] = (key, "submission-r1.csv")
+        at.run()
+        said = " ".join(c.value for c in at.caption)
+        assert "Predicting test.csv with r1:" in said and "of 40 patches so far" in said and "Submission" in said
+        at.session_state["tab_open"] = True  # the tab draws its own progress panel: no second line
+        at.run()
+        assert not at.caption and not at.success
+        release.set()
+        _wait(lambda: not get_task(key).running, 30, poll=0.05)
+        at.session_state["tab_open"] = False
+        at.run()
+        assert not at.exception
+        assert [s.value for s in at.success] == ["Predicting test.csv with r1: done. Open the **Submission** tab to "
+                                                 "download the file."]
+    finally:
+        release.set()
+        forget_task(key)

@@ -18,7 +18,8 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "tasks": ("Cancelled", "Task", "start_task", "get_task", "forget_task", "progress_panel", "fmt_duration"),
     "labels": ("METRICS", "GLOSS", "dataset_unit", "metric_label", "metric_help", "metric_columns", "fmt_seconds",
                "runs_view"),
-    "results": ("watch_runs", "run_tta_views", "test_score_panel", "start_submission", "submission_progress"),
+    "results": ("watch_runs", "run_tta_views", "test_score_panel", "start_submission", "submission_progress",
+                "submission_notice"),
     "plots": ("distinct_colours", "group_colours", "ordered_colours", "tidy", "PLOT_CONFIG", "label_positions",
               "scatter_mode"),
 })

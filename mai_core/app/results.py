@@ -138,6 +138,41 @@ def start_submission(run, csv_path: str) -> None:
     st.session_state.pop("results_submission", None)
 
 
+def submission_notice(tab_open: bool) -> None:
+    """One line above the Results tabs about the session's submission while its tab is closed (its progress panel
+    is drawn only inside the tab): the count so far while it predicts, refreshed every 2 s, then that its file is
+    ready or why it stopped."""
+    current = st.session_state.get("_mai_submission")
+    if tab_open or not current:
+        return
+    task = get_task(current[0])
+    if task is None:
+        return
+    if task.running:
+        _submission_line(current[0])
+    else:
+        _submission_outcome(task)
+
+
+@st.fragment(run_every=2.0)
+def _submission_line(key: str) -> None:
+    task = get_task(key)
+    if task is None or not task.running:
+        st.rerun()  # the whole page again: the outcome is drawn without this refresh
+    of = f" of {task.total:,}" if task.total else ""
+    st.caption(f"⏳ {task.label}: {task.done:,}{of} {task.unit} so far; open the **Submission** tab to follow it or "
+               "cancel it.")
+
+
+def _submission_outcome(task) -> None:
+    if task.ok:
+        st.success(f"{task.label}: done. Open the **Submission** tab to download the file.")
+    elif task.cancelled:
+        st.info(f"{task.label}: cancelled.")
+    else:
+        st.warning(f"{task.label} failed; the **Submission** tab says why.")
+
+
 def submission_progress() -> None:
     """Progress of the current submission; when it is done, its file becomes ``results_submission``."""
     current = st.session_state.get("_mai_submission")
