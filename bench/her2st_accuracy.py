@@ -6,16 +6,17 @@
 Strategies (all through mai_core.train, the same code the CLI runs):
   ridge    ridge regression on frozen EfficientNet-Lite0 embeddings (HEST protocol: PCA 256, alpha on val)
   frozen   MLP heads on cached embeddings of the 8 dihedral views (TTA at prediction)
-  default  the CPU default recipe (no flags)
+  default  the CPU default recipe with the dihedral flips only (--aug-policy flips_rot90; the default before he_safe)
   partial  default, but only the last 3 backbone stages trained (--train-blocks 3)
   pca      default, heads predicting 64 principal components of the targets (--pca 64)
   mse_pearson  default without the covariance term (alpha 0.5, beta 0.5; the default mixes in 0.2)
   ema      default with an EMA of weights (decay 0.95)
   long     default trained for 14 epochs instead of 8
-  he_safe  default with the he_safe augmentation policy (dihedral + mild shift-scale-rotate, brightness/contrast
+  he_safe  the CPU default recipe (no flags): the he_safe augmentation policy (dihedral + mild shift-scale-rotate, brightness/contrast
            and HED stain jitter) instead of the dihedral flips alone
+  he_safe_long  he_safe trained for 12 epochs instead of 8
   bblr0.1  default with a 10x lower learning rate for the backbone (--backbone-lr-mult 0.1)
-  lite1    default with the EfficientNet-Lite1 backbone
+  lite1    default (the dihedral flips) with the EfficientNet-Lite1 backbone
   plain    a plain fine-tune for reference: 6 epochs, MSE + Pearson, flips, one learning rate (1e-4), no TTA/EMA
   plain_lr1e-3  the same plain fine-tune with learning rate 1e-3
   ensemble validation-weighted ensemble of the trained strategies (except ridge)
@@ -51,21 +52,22 @@ SHARED = REPO.parent / "shared" / "data" / "her2st"
 STRATEGIES = {
     "ridge": {"model": {"kind": "ridge"}},
     "frozen": {"model": {"kind": "frozen", "head": "mlp", "dropout": 0.2}},
-    "default": {},
+    "default": {"aug": {"policy": "flips_rot90"}},  # the CPU default with the dihedral flips (the default until he_safe)
     "partial": {"model": {"train_blocks": 3}},
     "pca": {"model": {"pca_components": 64}},
     "mse_pearson": {"loss": {"alpha": 0.5, "beta": 0.5}},
     "ema": {"optim": {"ema": 0.95}},
     "long": {"optim": {"epochs": 14}},
     "he_safe": {"aug": {"policy": "he_safe"}},
+    "he_safe_long": {"aug": {"policy": "he_safe"}, "optim": {"epochs": 12}},
     "bblr0.1": {"optim": {"backbone_lr_mult": 0.1}},
-    "lite1": {"model": {"backbone": "efficientnet_lite1"}},
+    "lite1": {"model": {"backbone": "efficientnet_lite1"}, "aug": {"policy": "flips_rot90"}},  # as cached
     "plain": {"model": {"drop_path": 0.0, "dropout": 0.0}, "optim": {"epochs": 6, "lr": 1e-4, "backbone_lr_mult": 1.0,
                                                                       "ema": 0.0, "warmup_epochs": 0.0},
               "loss": {"alpha": 0.5, "beta": 0.5, "pearson": "gene"}, "aug": {"policy": "flips_rot90"},
               "predict": {"tta": False}},
 }
-EMBEDDED = ("default", "lite1", "long", "he_safe")  # strategies whose runs also embed every spot (for the context rows)
+EMBEDDED = ("default", "lite1", "long", "he_safe", "he_safe_long")  # strategies whose runs also embed every spot (for the context rows)
 STRATEGIES["plain_lr1e-3"] = {**STRATEGIES["plain"], "optim": {**STRATEGIES["plain"]["optim"], "lr": 1e-3}}
 
 

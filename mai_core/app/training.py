@@ -103,7 +103,7 @@ def _training_form(ds) -> None:
             epochs = c1.number_input("Epochs", 1, 1000, int(recipe["optim"]["epochs"]), key="train_epochs")
             batch_size = c2.number_input("Batch size", 1, 1024, int(recipe["optim"]["batch_size"]),
                                          key="train_batch_size")
-            default_policy = policies.index("flips_rot90") if "flips_rot90" in policies else 0
+            default_policy = policies.index(recipe["aug"]["policy"]) if recipe["aug"]["policy"] in policies else 0
             policy = st.selectbox("Augmentation policy", policies, index=default_policy, key="train_policy")
             device = st.selectbox("Device", device_choices(), key="train_device",
                                   help="One job runs per device; further jobs wait in a queue.")

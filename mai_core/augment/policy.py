@@ -21,7 +21,7 @@ from mai_core.errors import MaiError, Problem
 from mai_core.io import write_text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEFAULT_POLICY = "flips_rot90"
+DEFAULT_POLICY = "he_safe"  # the training recipes' policy (mai_core.training.config)
 
 
 class PolicyItem(NamedTuple):

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grouping", help="grouping CSV (gene, group): one head per group")
     p.add_argument("--head", choices=("linear", "mlp"))
     p.add_argument("--pca", type=int, help="heads predict this many principal components per group (0: off)")
-    p.add_argument("--aug-policy", help="augmentation policy name or 'none' (default flips_rot90)")
+    p.add_argument("--aug-policy", help="augmentation policy name or 'none' (default he_safe: flips, rotations, mild shift-scale-rotate, brightness/contrast and HED stain jitter)")
     p.add_argument("--ema", type=float, help="EMA decay of weights, e.g. 0.99 (0: off)")
     p.add_argument("--tta", choices=("on", "off", "1", "2", "4", "8"),
                    help="dihedral test-time augmentation at validation/predict: a number of views, on = 8, off = 1 "
