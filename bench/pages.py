@@ -10,7 +10,9 @@ not given: 120 train / 40 test tiles, 60 genes) and a workspace holding one tiny
   a new browser context (its HTTP cache empty: Streamlit's and Plotly's JavaScript loaded and compiled too);
 - first visit: what a user meets the first time they open each page in their session: on a second fresh
   server, the app opened on Home, then every page's sidebar link clicked in turn (each page's first run on
-  that server, its caches cold; the browser keeps what it has loaded, as it does for a user);
+  that server, its caches cold; the browser keeps what it has loaded, as it does for a user), ``--think`` (3)
+  seconds after the previous page settled: the server imports the other pages' libraries in such pauses
+  (``mai_core.app.frame.warm_imports``), never while a page runs or is being drawn;
 - revisit: the page opened again in a new tab and reloaded there ``--repeats`` times (warm caches), median;
 - sidebar switch: from Home, a click on the page's sidebar link until the page has settled;
 - interaction: the first slider on the page moved one step with the keyboard, until the rerun settled.
@@ -151,9 +153,10 @@ def switch(browser, base: str, link: str) -> float:
         ctx.close()
 
 
-def tour(browser, base: str, clock: ServerClock) -> dict[str, tuple[float, float]]:
+def tour(browser, base: str, clock: ServerClock, think: float = 0.0) -> dict[str, tuple[float, float]]:
     """A user's first visit to every page: the app opened on Home, then each page's sidebar link clicked in
-    turn, on a fresh server (every page's first run, its caches cold). {link: (seconds, server seconds)}."""
+    turn, ``think`` seconds after the previous page settled, on a fresh server (every page's first run, its caches
+    cold). {link: (seconds, server seconds)}."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     out = {}
@@ -162,6 +165,8 @@ def tour(browser, base: str, clock: ServerClock) -> dict[str, tuple[float, float
         page.goto(base, wait_until="commit")
         out["Home"] = (settled_at(page, t0, rerun=False, ran=clock.ran), sum(clock.runs()))
         for _path, link in PAGES[1:]:
+            time.sleep(think)
+            clock.runs()  # runs in the pause (a page's own refreshes) are not this visit's
             target = page.get_by_test_id("stSidebarNav").get_by_text(link, exact=True)
             t0 = time.time()
             target.click()
@@ -224,6 +229,9 @@ def main() -> int:
     ap.add_argument("--workspace", help="workspace folder (default: a temporary one)")
     ap.add_argument("--repeats", type=int, default=2, help="revisits per page (median reported)")
     ap.add_argument("--no-run", action="store_true", help="no trained run (Results and Grad-CAM stay empty)")
+    ap.add_argument("--think", type=float, default=3.0,
+                    help="first visits: seconds a user looks at a page before clicking the next one (default 3; "
+                         "0: each click as soon as the previous page settled)")
     ap.add_argument("--pages", help="comma-separated sidebar names to measure (default: all), e.g. Home,Results")
     args = ap.parse_args()
     if args.pages:
@@ -275,7 +283,7 @@ def main() -> int:
                 with start_server("app.py", env, tmp / "app2.log") as (_proc, base):
                     clock = ServerClock(tmp / "app2.log")
                     clock.runs()
-                    visits = tour(browser, base, clock)
+                    visits = tour(browser, base, clock, args.think)
                     for row in rows:
                         row["tour"], row["server_tour"] = visits.get(row["page"], (None, None))
                 with start_server(str(bare), env, tmp / "server.log") as (_proc, base):

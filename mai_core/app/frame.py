@@ -182,13 +182,13 @@ TIMING_ENV = "MAI_APP_TIMING"  # "1": the server console gets a line for every r
 TIMING_MARK = "[page-timing]"
 
 
-# The libraries the other pages need, in the order of the sidebar's pages (seconds to import on a 2-core
+# The libraries the other pages need, those of the heaviest first visits first (seconds to import on a 2-core
 # machine: scikit-learn 2, torch 1.5, timm with torch's compiler stack 3, Grad-CAM with matplotlib 0.5, umap with
 # numba 2). Imported once per server process while the server is idle, so the first visit of every other page
 # does not wait for them (Grad-CAM's first render with EfficientNet-Lite0: 9.3 s cold, 1.5 s after these).
-WARM_MODULES = ("plotly.express", "plotly.subplots", "scipy.cluster.hierarchy", "sklearn.decomposition",
-                "sklearn.cluster", "sklearn.metrics", "pyarrow.parquet", "torch", "timm", "pytorch_grad_cam",
-                "umap")
+WARM_MODULES = ("plotly.express", "torch", "lpips", "scipy.cluster.hierarchy", "plotly.subplots",
+                "sklearn.decomposition", "sklearn.cluster", "sklearn.metrics", "pyarrow.parquet", "timm",
+                "pytorch_grad_cam", "umap")
 # Seconds without a page run before the next background import starts. A page's run ends before the browser
 # has drawn it: the browser still loads the JavaScript of the page's elements and draws them (about 1 s on 2
 # busy cores), and an import started at once took CPU and Python's lock from both (Home's first render in a new
