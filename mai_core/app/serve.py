@@ -52,8 +52,8 @@ def early_imports(modules=EARLY_MODULES) -> None:
 
 def preload_dataset() -> threading.Thread:
     """Load and check the dataset the first page shows (MAI_DATA, else the demo) into the app's resource cache,
-    which all sessions share, in a background thread while the server starts (on the demo: 0.8 s of the first page's 1 s on
-    the server, most of it decoding every image once). A session that arrives sooner waits for the same load
+    which all sessions share, in a background thread while the server starts (on the demo: 0.8 s of the first
+    page's 1 s on the server, most of it decoding every image once). A session that arrives sooner waits for the same load
     instead of starting another; a dataset that cannot be loaded is left to the page, which says why."""
     import logging
 
